@@ -1,0 +1,105 @@
+"""The benchmark side: a Suite yields Questions and, where it has references, scores answers.
+
+A suite knows nothing about models or decoding: text in, text out. Its data comes from a local
+directory laid out like ``../shared/data`` (``--data-dir`` or ``HARNESS_DATA_DIR``), else from a
+per-user cache filled by a download from the public source, else it fails with one line that says
+how to provide the file. Nothing is downloaded when ``HARNESS_OFFLINE=1`` (the tests set it).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import urllib.request
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+from harness.errors import UserError
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str                      # stable across runs: the resume key and the Spec-Bench question_id
+    category: str                # the finest label the data has (Spec-Bench: per MT-bench category)
+    turns: tuple[str, ...]       # user turns; MT-bench has two, asked in one conversation
+    reference: Any = None        # what score() needs: GSM8K answer, HumanEval tests, FollowEval rule
+    task: str = ""               # report grouping (Spec-Bench task); empty means the category
+
+
+class Suite(ABC):
+    """One benchmark. Subclasses set ``name`` through ``SUITES.register`` and implement ``questions``."""
+
+    name: ClassVar[str]
+    unsafe: ClassVar[bool] = False   # scoring executes model output (needs the sandbox and an opt-in)
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir
+
+    @abstractmethod
+    def questions(self) -> list[Question]:
+        """All questions, in the suite's canonical order."""
+
+    def score(self, question: Question, answers: list[str]) -> dict[str, float]:
+        """Quality metrics of one question's answers (one per turn); empty when the suite has none."""
+        return {}
+
+    def data_file(self, relative: str, url: str | None = None) -> Path:
+        """Resolve a data file: the data dir, then the download cache, then a download, else an error."""
+        return resolve_data_file(relative, url, self.data_dir)
+
+
+SUITES: Registry[Suite] = Registry("suite", Suite, package="suites", group="harness.suites")
+
+
+def data_dir_from_env(explicit: Path | str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("HARNESS_DATA_DIR")
+    return Path(env) if env else None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+def resolve_data_file(relative: str, url: str | None, data_dir: Path | None) -> Path:
+    data_dir = data_dir_from_env(data_dir)
+    if data_dir is not None:
+        path = data_dir / relative
+        if path.is_file():
+            return path
+        raise UserError(f"data file {path} is missing: --data-dir / HARNESS_DATA_DIR must hold {relative}")
+    cached = cache_root() / "data" / relative
+    if cached.is_file():
+        return cached
+    how = f"pass --data-dir DIR (or set HARNESS_DATA_DIR) where DIR/{relative} exists"
+    if url is None or os.environ.get("HARNESS_OFFLINE") == "1":
+        raise UserError(f"no local copy of {relative}: {how}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(cached.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            out.write(response.read())
+    except OSError as exc:
+        raise UserError(f"could not download {relative} from {url} ({exc}); {how}") from exc
+    tmp.replace(cached)
+    return cached
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Records of a .jsonl or .jsonl.gz file; a malformed line is reported with its file and line number."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object")
+            yield record
