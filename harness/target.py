@@ -1,0 +1,128 @@
+"""Target: the verified model, its tokenizer and its KV cache, and nothing else.
+
+It runs forwards over new tokens with explicit positions and a 4-D additive attention mask, so tree
+verification works on any Hugging Face decoder-only model whose attention takes a 4-D mask (tested:
+Llama and Qwen2 families) without copying a modeling file. It returns the logits and the features
+drafters learn from: the final hidden states after the final norm (the input of the LM head), plus
+any intermediate layers asked for with ``tap_layers``. It knows nothing about drafters or suites.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from harness import loading
+from harness.errors import UserError
+from harness.kvcache import SlotCache
+from harness.tree import DraftTree
+
+
+@dataclass(frozen=True)
+class TargetOut:
+    logits: Tensor               # [n, V] float32: the next-token prediction at each fed position
+    hidden: Tensor               # [n, H] final-norm features f_t at the same positions
+    taps: tuple[Tensor, ...] = ()  # [n, H] each, outputs of the layers in Target.tap_layers
+
+
+class Target:
+    """Owns one model and one preallocated cache; batch size 1."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, model_id: str, source: str = "",
+                 max_len: int | None = None, tap_layers: tuple[int, ...] = ()) -> None:
+        config = model.config
+        if not hasattr(model, "get_decoder") or model.get_output_embeddings() is None:
+            raise UserError(f"target {model_id!r} is not a decoder-only causal LM")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.source = source
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.max_len = int(max_len or getattr(config, "max_position_embeddings", 4096))
+        self.tap_layers = tuple(tap_layers)
+        self.decoder = model.get_decoder()
+        self.embed: nn.Embedding = model.get_input_embeddings()
+        self.lm_head: nn.Linear = model.get_output_embeddings()
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.cache = SlotCache(config.num_hidden_layers, self.max_len)
+        self.length = 0   # committed tokens in the cache
+
+    @classmethod
+    def load(cls, spec: str | None = None, *, dtype: str = "auto", device: str = "auto",
+             max_len: int | None = None, tap_layers: tuple[int, ...] = ()) -> "Target":
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise UserError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
+        loaded = loading.load(spec or loading.default_spec(), torch_dtype, device)
+        return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id, source=loaded.source,
+                   max_len=max_len, tap_layers=tap_layers)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm_head.weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm_head.weight.shape[1]
+
+    def fingerprint(self) -> dict:
+        """What a draft checkpoint must match: the target's vocabulary, width and identity."""
+        return {"model_id": self.model_id, "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "num_layers": self.config.num_hidden_layers, "model_type": self.config.model_type}
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.length = 0
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor) -> TargetOut:
+        """Feed a prompt [T] into an empty cache; logits only for the last position ([1, V])."""
+        self.reset()
+        ids = ids.to(self.device).reshape(1, -1)
+        if ids.shape[1] >= self.max_len:
+            raise UserError(f"prompt of {ids.shape[1]} tokens does not fit max_len {self.max_len}")
+        positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+        out = self._forward(ids, positions, mask=None, logits_from=ids.shape[1] - 1)
+        self.length = ids.shape[1]
+        return out
+
+    @torch.no_grad()
+    def score_tree(self, tree: DraftTree) -> TargetOut:
+        """One forward over all N tree nodes: each sees the committed prefix and its own ancestors."""
+        n = tree.size
+        if self.length + n > self.max_len:
+            raise ContextFull(self.length + n, self.max_len)
+        positions = (tree.depth.to(self.device) + self.length).unsqueeze(0)
+        mask = torch.zeros(1, 1, n, self.length + n, dtype=self.dtype, device=self.device)
+        blocked = ~tree.ancestor_mask.to(self.device)
+        mask[0, 0, :, self.length:].masked_fill_(blocked, torch.finfo(self.dtype).min)
+        return self._forward(tree.tokens.to(self.device).unsqueeze(0), positions, mask=mask, logits_from=0)
+
+    def commit(self, path: Tensor) -> None:
+        """Keep the KV of the tree nodes on path ([a+1] node ids, ascending) after the committed prefix."""
+        self.cache.keep(self.length, path.to(self.device))
+        self.length += path.shape[0]
+
+    def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor | None, logits_from: int) -> TargetOut:
+        want_taps = bool(self.tap_layers)
+        out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
+                           past_key_values=self.cache, use_cache=True, output_hidden_states=want_taps)
+        hidden = out.last_hidden_state[0]
+        logits = self.lm_head(hidden[logits_from:]).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        taps = tuple(out.hidden_states[i + 1][0] for i in self.tap_layers) if want_taps else ()
+        return TargetOut(logits=logits, hidden=hidden, taps=taps)
+
+
+class ContextFull(Exception):
+    """The next forward would exceed the cache: generation stops with reason ``max_len``."""
+
+    def __init__(self, needed: int, max_len: int) -> None:
+        super().__init__(f"{needed} positions needed, max_len is {max_len}")

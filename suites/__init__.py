@@ -1,0 +1,1 @@
+"""Benchmark suites, one module each; each registers itself with harness.suite.SUITES."""

@@ -1,0 +1,105 @@
+"""The runner end to end on a tiny target folder: rows, manifest, resume, and clear errors."""
+import json
+
+import pytest
+import torch
+
+from harness import decode, runner
+from harness.cli import main
+from harness.errors import UserError
+from harness.records import answer_file, read_rows
+from harness.suite import SUITES, Question, Suite
+from tests.tiny import save_tiny_target
+
+
+@SUITES.register("tiny-words")
+class TinyWords(Suite):
+    """Five made-up questions over the tiny tokenizer's words (tests only)."""
+
+    def __init__(self, data_dir=None, categories=None):
+        super().__init__(data_dir)
+
+    def questions(self):
+        return [Question(id=str(i), category="words", turns=(f"w{i} w{i + 1} w{i} w{i + 1}",) * (1 + i % 2))
+                for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_target(tmp_path_factory.mktemp("target"))
+
+
+def plan(tiny_dir, out, **kw):
+    base = dict(methods=("vanilla", "pld"), suites=("tiny-words",), target=tiny_dir, max_new_tokens=24,
+                out=out, warmup=0)
+    return runner.Plan(**{**base, **kw})
+
+
+def test_run_writes_specbench_rows_and_a_manifest(tiny_dir, tmp_path):
+    run_dir = runner.run(plan(tiny_dir, tmp_path / "run"), argv=["test"])
+    rows = read_rows(answer_file(run_dir, "tiny-words", "pld", 0.0))
+    assert [r["question_id"] for r in rows] == [0, 1, 2, 3, 4]
+    choice = rows[1]["choices"][0]
+    assert set(choice) >= {"index", "turns", "decoding_steps", "new_tokens", "wall_time", "accept_lengths"}
+    assert len(choice["turns"]) == len(choice["new_tokens"]) == len(choice["wall_time"]) == 2
+    assert sum(choice["accept_lengths"]) == sum(choice["new_tokens"])
+    assert len(choice["accept_lengths"]) == sum(choice["decoding_steps"])
+    vanilla = read_rows(answer_file(run_dir, "tiny-words", "vanilla", 0.0))
+    assert [r["token_ids"] for r in vanilla] == [r["token_ids"] for r in rows]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["settings"]["max_new_tokens"] == 24 and manifest["env"] if "env" in manifest else True
+    assert manifest["sweeps"][-1]["status"] == "complete" and manifest["sweeps"][-1]["env"]["torch"]
+    assert {c["method"] for c in manifest["cells"]} == {"vanilla", "pld"}
+
+
+def test_an_interrupted_run_resumes_without_repeating_or_losing_a_question(tiny_dir, tmp_path, monkeypatch):
+    real, calls = decode.generate, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "generate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",)), argv=["first"])
+    path = answer_file(tmp_path / "run", "tiny-words", "vanilla", 0.0)
+    first = read_rows(path)
+    assert [r["question_id"] for r in first] == [0, 1]   # question 1 has two turns: calls 1-3
+    with open(path, "a") as handle:                        # a kill in the middle of a write
+        handle.write('{"question_id": 2, "choi')
+    monkeypatch.setattr(runner, "generate", real)
+    runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",)), argv=["second"])
+    rows = read_rows(path)
+    assert [r["question_id"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["answer_id"] for r in rows[:2]] == [r["answer_id"] for r in first]
+
+
+def test_other_settings_in_the_same_run_dir_are_refused(tiny_dir, tmp_path):
+    runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=1), argv=["a"])
+    with pytest.raises(UserError, match="max_new_tokens"):
+        runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=1, max_new_tokens=8), argv=["b"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--methods", "eagel2"], "unknown method 'eagel2'"),
+    (["run", "--methods", "pld", "--suite", "nosuch"], "unknown suite 'nosuch'"),
+    (["run", "--methods", "pld", "--suite", "tiny-words", "--target", "/no/such/model.gguf"], "does not exist"),
+    (["run", "--methods", "pld", "--suite", "tiny-words", "--target", "no-such-org/no-such-model"], "unknown target"),
+    (["run", "--methods", "pld", "--batch-size", "4"], "batch-size 1"),
+    (["run", "--methods", "pld", "--opt", "pld.nonsense=3", "--suite", "tiny-words"], "has no option nonsense"),
+])
+def test_user_errors_are_one_line_without_traceback(argv, message, capsys, tiny_dir, tmp_path):
+    if "--opt" in argv:
+        argv = argv + ["--target", tiny_dir, "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_cli_run_prints_a_summary_with_tau_and_speedup(tiny_dir, tmp_path, capsys):
+    assert main(["run", "--methods", "pld", "--suite", "tiny-words", "--target", tiny_dir, "--max-new-tokens", "16",
+                 "--out", str(tmp_path / "cli"), "--warmup", "0", "--limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tau_pooled" in out and "speedup" in out and "pld" in out and "vanilla" in out
