@@ -97,6 +97,83 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
     print(metrics.format_summary(metrics.summarize(frame)))
 
 
+def _add_datagen(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("datagen", help="self-distillation data: the target answers training prompts")
+    p.add_argument("--target", default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prompts", type=_csv, default=("sharegpt", "codegen", "roleplay", "gsm8k"),
+                   help="prompt sources: sharegpt, codegen, roleplay, gsm8k")
+    p.add_argument("--max-samples", type=int, default=512)
+    p.add_argument("--max-prompt-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None)
+
+
+def _datagen(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.train import datagen
+
+    config = datagen.DatagenConfig(
+        target=args.target, out=args.out, sources=args.prompts, max_samples=args.max_samples,
+        max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        temperature=args.temperature, seed=args.seed, data_dir=args.data_dir)
+    print(f"data: {datagen.run(config)}")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a learned drafter on datagen output")
+    p.add_argument("--method", required=True)
+    p.add_argument("--data", type=Path, required=True, help="a datagen folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--target", default=None)
+    p.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: gpu with CUDA, else cpu")
+    p.add_argument("--set", action="append", default=[], help="trainer setting, e.g. epochs=3 (repeatable)")
+    p.add_argument("--loss", action="append", default=[], help="loss option, e.g. topk_w=0 (repeatable)")
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> None:
+    import dataclasses
+
+    from harness.drafter import METHODS
+    from harness.target import Target
+    from harness.train import trainer
+    from harness.train.data import FeatureData
+
+    method = METHODS.get(args.method)
+    if not hasattr(method, "training_setup"):
+        raise UserError(f"method {method.name!r} has nothing to train")
+    preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
+    config = dataclasses.replace(trainer.PRESETS[preset], **_key_values(args.set, trainer.TrainConfig))
+    loss = {key: value for key, value in (_key_value(pair) for pair in args.loss)}
+    method.loss_config(**loss)   # unknown loss options fail before anything loads
+    target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto")
+    data = FeatureData(args.data, max_len=config.max_len)
+    print(f"checkpoint: {trainer.train(method, target, data, args.out, config, loss)}")
+
+
+def _key_value(pair: str) -> tuple[str, object]:
+    key, sep, value = pair.partition("=")
+    if not sep:
+        raise UserError(f"{pair!r} must look like key=value")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _key_values(pairs: list[str], config_type: type) -> dict:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    values = dict(_key_value(pair) for pair in pairs)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise UserError(f"unknown setting {', '.join(unknown)} (valid: {', '.join(sorted(fields))})")
+    return values
+
+
 def _list(args: argparse.Namespace, argv: list[str]) -> None:
     from harness.drafter import METHODS
     from harness.suite import SUITES
@@ -117,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="harness", description="lossless speculative decoding harness")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_datagen(sub)
+    _add_train(sub)
     sub.add_parser("list", help="registered methods and suites")
     args = parser.parse_args(argv)
-    handlers = {"run": _run, "list": _list}
+    handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train}
     try:
         handlers[args.command](args, argv)
     except UserError as exc:

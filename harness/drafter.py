@@ -31,6 +31,7 @@ class Drafter(ABC):
     summary: ClassVar[str] = ""
     lossless: ClassVar[bool] = True     # False only for acceptance rules that change the output distribution
     Options: ClassVar[type] = NoOptions
+    needs_checkpoint: ClassVar[bool] = False   # learned drafts; checkpoint "random" builds an untrained one
 
     def __init__(self, target: Target, checkpoint: str | None = None, **options: Any) -> None:
         self.target = target

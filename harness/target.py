@@ -34,7 +34,7 @@ class Target:
         config = model.config
         if not hasattr(model, "get_decoder") or model.get_output_embeddings() is None:
             raise UserError(f"target {model_id!r} is not a decoder-only causal LM")
-        self.model = model
+        self.model = model.requires_grad_(False)   # drafters borrow its embedding and head, frozen
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.source = source

@@ -1,0 +1,1 @@
+"""Draft training: self-distillation data from the target (datagen), and the one training loop (trainer)."""

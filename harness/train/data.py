@@ -1,0 +1,81 @@
+"""Training data from datagen shards: samples in memory, a held-out split, and padded batches.
+
+A sample is (token ids [L], loss mask [L], target features [L, H]); the loss mask marks the target's
+own answer tokens. Batches are right-padded; ``valid`` marks real positions.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: Tensor        # [B, L] long
+    hidden: Tensor     # [B, L, H] float, target features f_t
+    loss_mask: Tensor  # [B, L] bool, answer tokens
+    valid: Tensor      # [B, L] bool, not padding
+
+
+class FeatureData:
+    def __init__(self, directory: str | Path, max_len: int = 1024) -> None:
+        directory = Path(directory)
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise UserError(f"{directory} is not a datagen folder (no manifest.json); run python -m harness datagen")
+        self.directory = directory
+        self.manifest = json.loads(manifest_path.read_text())
+        self.samples: list[tuple[Tensor, Tensor, Tensor]] = []
+        for shard in self.manifest["shards"]:
+            tensors = load_file(str(directory / shard["file"]))
+            offsets = tensors["offsets"].tolist()
+            for start, end in zip(offsets, offsets[1:]):
+                end = min(end, start + max_len)
+                self.samples.append((tensors["input_ids"][start:end].long(), tensors["loss_mask"][start:end].bool(),
+                                     tensors["hidden"][start:end]))
+        if not self.samples:
+            raise UserError(f"{directory} holds no samples")
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.manifest["target"]
+
+    def tokens(self, indices: list[int]) -> int:
+        return sum(int(self.samples[i][1].sum()) for i in indices)
+
+    def split(self, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+        order = list(range(len(self.samples)))
+        random.Random(seed).shuffle(order)
+        count = max(1, int(round(holdout * len(order)))) if len(order) > 1 else 0
+        return order[count:], order[:count]
+
+    def batches(self, indices: list[int], batch_size: int, rng: random.Random | None, device) -> Iterator[Batch]:
+        """Batches of similar lengths (less padding); shuffled when rng is given."""
+        order = sorted(indices, key=lambda i: self.samples[i][0].shape[0])
+        groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if rng is not None:
+            rng.shuffle(groups)
+        for group in groups:
+            yield self._collate([self.samples[i] for i in group], device)
+
+    @staticmethod
+    def _collate(samples: list[tuple[Tensor, Tensor, Tensor]], device) -> Batch:
+        width = max(s[0].shape[0] for s in samples)
+        hidden_size = samples[0][2].shape[1]
+        ids = torch.zeros(len(samples), width, dtype=torch.long)
+        hidden = torch.zeros(len(samples), width, hidden_size)
+        loss_mask = torch.zeros(len(samples), width, dtype=torch.bool)
+        valid = torch.zeros(len(samples), width, dtype=torch.bool)
+        for row, (tokens, mask, features) in enumerate(samples):
+            n = tokens.shape[0]
+            ids[row, :n], hidden[row, :n], loss_mask[row, :n], valid[row, :n] = tokens, features.float(), mask, True
+        return Batch(ids.to(device), hidden.to(device), loss_mask.to(device), valid.to(device))

@@ -1,0 +1,113 @@
+"""Training objective of the EAGLE family, with HASS's aligned multi-pass forward built in.
+
+Pass 1 is EAGLE's teacher forcing: position t sees (f_t, x_{t+1}) and predicts f_{t+1}. Pass j > 1
+imitates tree depth j at inference (HASS harmonized context alignment, REFERENCE §1.4): its inputs
+are the previous pass's predictions shifted right by one (detached), and a query at t attends to
+pass-1 keys at positions <= t - (j-1) and to pass-i keys (1 < i <= j) only at position t - (j-i),
+i.e. to its own draft-made ancestors. This is a true causal softmax over the allowed keys (the
+HASS code's multiply-mask quirk is not reproduced). Losses per pass (REFERENCE §1.3.3, §1.4):
+v_w * SmoothL1(f̂, f) + p_w * CE(softmax(head f), log_softmax(head f̂)) + topk_w * top-K CE, averaged
+over passes. ``evaluate`` reports top-1 agreement with the target at each depth on held-out data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.cache_utils import Cache, DynamicLayer
+
+from harness.train.data import Batch
+
+
+@dataclass(frozen=True)
+class EagleLoss:
+    v_w: float = 1.0          # feature regression weight
+    p_w: float = 0.1          # full soft cross-entropy weight
+    topk_w: float = 0.0       # HASS top-K distillation weight (0 = EAGLE)
+    topk: int = 10
+    passes: int = 1           # HASS context-alignment passes (1 = EAGLE)
+    noise: float = 0.2        # uniform feature noise amplitude on pass-1 inputs
+
+
+def aligned_mask(length: int, pass_index: int, dtype: torch.dtype, device) -> Tensor:
+    """[1, 1, L, pass_index * L] additive mask of pass ``pass_index`` (1-based) over all passes' keys."""
+    t = torch.arange(length, device=device)[:, None]
+    s = torch.arange(length, device=device)[None, :]
+    blocks = [s <= t - (pass_index - 1)]
+    blocks += [s == t - (pass_index - i) for i in range(2, pass_index + 1)]
+    allowed = torch.cat(blocks, dim=1)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def aligned_passes(net: nn.Module, embeds: Tensor, features: Tensor, passes: int) -> list[Tensor]:
+    """Outputs [B, L, H] of each pass; pass j's inputs are pass j-1's outputs shifted right (detached)."""
+    batch, length, _ = embeds.shape
+    cache = Cache(layer_class_to_replicate=DynamicLayer)
+    positions = torch.arange(length, device=embeds.device)[None].expand(batch, -1)
+    outputs = []
+    inputs = features
+    for j in range(1, passes + 1):
+        mask = aligned_mask(length, j, embeds.dtype, embeds.device)
+        out = net(embeds, inputs, positions, mask, cache)
+        outputs.append(out)
+        inputs = torch.cat([features[:, :1], out[:, :-1].detach()], dim=1)
+    return outputs
+
+
+class EagleObjective:
+    """Loss and held-out metrics of an EAGLE-family draft; the target's embedding and head stay frozen."""
+
+    def __init__(self, embed: nn.Embedding, lm_head: nn.Linear, loss: EagleLoss) -> None:
+        self.embed, self.lm_head, self.cfg = embed, lm_head, loss
+
+    def head(self, features: Tensor) -> Tensor:
+        return self.lm_head(features).float()
+
+    def inputs(self, batch: Batch, noise: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        features = batch.hidden[:, :-1]
+        if noise:
+            features = features + (torch.rand_like(features) - 0.5) * noise
+        with torch.no_grad():
+            embeds = self.embed(batch.ids[:, 1:]).to(features.dtype)
+        mask = batch.loss_mask[:, 1:] & batch.valid[:, 1:]
+        return embeds, features, batch.hidden[:, 1:], mask
+
+    def predict(self, net: nn.Module, embeds: Tensor, features: Tensor, passes: int) -> list[Tensor]:
+        return aligned_passes(net, embeds, features, passes)
+
+    def loss(self, net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        embeds, features, target, mask = self.inputs(batch, self.cfg.noise)
+        with torch.no_grad():
+            target_logp = torch.log_softmax(self.head(target[mask]), dim=-1)
+        target_p = target_logp.exp()
+        total, logs = 0.0, {}
+        for j, out in enumerate(self.predict(net, embeds, features, self.cfg.passes), 1):
+            draft = out[mask]
+            reg = F.smooth_l1_loss(draft, target[mask], reduction="none").mean(-1).mean()
+            logq = torch.log_softmax(self.head(draft), dim=-1)
+            ce = -(target_p * logq).sum(-1).mean()
+            loss = self.cfg.v_w * reg + self.cfg.p_w * ce
+            if self.cfg.topk_w:
+                top_p, top_i = target_p.topk(self.cfg.topk, dim=-1)
+                loss = loss + self.cfg.topk_w * -(top_p * logq.gather(-1, top_i)).sum(-1).mean()
+            total = total + loss / self.cfg.passes
+            logs[f"reg{j}"], logs[f"ce{j}"] = reg.item(), ce.item()
+            logs[f"acc{j}"] = float((logq.argmax(-1) == target_logp.argmax(-1)).float().mean())
+        logs["loss"] = total.item()
+        return total, logs
+
+    @torch.no_grad()
+    def evaluate(self, net: nn.Module, batch: Batch, depths: int) -> dict[str, tuple[float, int]]:
+        """Top-1 agreement with the target at depths 1..depths (own features fed back): (hits, count)."""
+        embeds, features, target, mask = self.inputs(batch, noise=0.0)
+        out = {}
+        for j, pred in enumerate(self.predict(net, embeds, features, depths), 1):
+            # Depth j needs j-1 earlier positions inside the sample; shorter contexts are not counted.
+            usable = mask.clone()
+            usable[:, : j - 1] = False
+            hits = (self.head(pred[usable]).argmax(-1) == self.head(target[usable]).argmax(-1)).sum()
+            out[f"top1_depth{j}"] = (int(hits), int(usable.sum()))
+        return out

@@ -1,0 +1,216 @@
+"""EAGLE-2: a feature-level draft (fc + one decoder layer) that grows a dynamic top-k tree.
+
+The network (REFERENCE §1.3.1): fc over [token embedding, target feature] (2H -> H), then one decoder
+layer of the target's own family with no input norm; the target's frozen embedding and LM head
+are borrowed, never copied. Position t takes (f_t, x_{t+1}) and predicts f_{t+1}; deeper tree levels
+feed the draft's own predicted features back in. The tree (§2.2): level 1 is the top-k of the last
+context output; each of ``depth`` expansions feeds the k best frontier nodes together, records all
+k*k children with cumulative log-probabilities, and keeps the global top-k as the next frontier;
+finally the best ``total_tokens - 1`` recorded nodes form the tree. Drafts are deterministic (top-k,
+no temperature), so the verifier's point-mass rule keeps sampling lossless.
+This module is the family base: HASS, FSPAD and CORAL import the network and override what their
+papers change. Training (the EAGLE loss, aligned multi-pass forwards) is in methods/_eagle_train.py.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from harness.drafter import METHODS, Drafter
+from harness.errors import UserError
+from harness.kvcache import SlotCache
+from harness.sampling import SamplingParams
+from harness.target import Target, TargetOut
+from harness.tree import DraftTree
+from harness.verify import Verdict
+from methods import _eagle_io as eagle_io
+from methods._eagle_train import EagleLoss, EagleObjective
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@dataclass(frozen=True)
+class EagleOptions:
+    total_tokens: int = 60   # tree nodes scored by the target, root included
+    depth: int = 5           # expansions after level 1: the tree has depth + 1 draft levels
+    top_k: int = 10          # children per expanded node, and frontier width
+
+
+class EagleNet(nn.Module):
+    """fc([e(x_{t+1}), f_t]) -> one decoder layer (no input norm) -> predicted f_{t+1}."""
+
+    def __init__(self, target_model: nn.Module, bias: bool = True) -> None:
+        super().__init__()
+        config = copy.deepcopy(target_model.config)
+        config.num_hidden_layers = 1
+        config._attn_implementation = "sdpa"
+        decoder = target_model.get_decoder()
+        hidden = config.hidden_size
+        self.config = config
+        self.fc = nn.Linear(2 * hidden, hidden, bias=bias)
+        layer = type(decoder.layers[0])(config, layer_idx=0)
+        layer.input_layernorm = nn.Identity()
+        self.layers = nn.ModuleList([layer])
+        self.rotary = type(decoder.rotary_emb)(config=config)
+
+    def forward(self, embeds: Tensor, features: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
+        """embeds, features: [B, n, H]; positions [B, n]; mask [B, 1, n, kv] additive -> [B, n, H]."""
+        x = self.fc(torch.cat([embeds, features.to(embeds.dtype)], dim=-1))
+        rope = self.rotary(x, positions)
+        return self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                              use_cache=cache is not None, position_embeddings=rope)
+
+
+def causal_mask(queries: int, offset: int, dtype: torch.dtype, device) -> Tensor:
+    """[1, 1, q, offset + q] additive mask: query i sees keys 0 .. offset + i."""
+    allowed = torch.ones(queries, offset + queries, dtype=torch.bool, device=device).tril(offset)
+    return additive(allowed, dtype)
+
+
+def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+@METHODS.register("eagle2", "eagle-2", "eagle")
+class Eagle2(Drafter):
+    summary = "EAGLE-2: feature-level draft with a dynamic top-k tree (needs a trained checkpoint)"
+    Options = EagleOptions
+    needs_checkpoint = True
+    net_class = EagleNet
+
+    def __init__(self, target: Target, checkpoint: str | None = None, **options) -> None:
+        super().__init__(target, checkpoint, **options)
+        self.net = self.load_net(target, checkpoint)
+        extra = (self.options.depth + 1) * self.options.top_k + 8
+        self.cache = SlotCache(1, target.max_len + extra)
+        self.stable = 0
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    @classmethod
+    def default_checkpoint(cls, target: Target) -> Path:
+        return CHECKPOINTS / target.model_id.replace("/", "--") / cls.name
+
+    @classmethod
+    def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
+        return cls.net_class(target.model, bias=(config or {}).get("architecture", {}).get("bias", True))
+
+    @classmethod
+    def load_net(cls, target: Target, checkpoint: str | None) -> nn.Module:
+        """A net from a harness checkpoint; ``random`` gives an untrained one (tests, smoke runs)."""
+        if checkpoint == "random":
+            torch.manual_seed(0)
+            net = cls.build_net(target)
+        else:
+            where = Path(checkpoint) if checkpoint else cls.default_checkpoint(target)
+            if not where.exists():
+                raise UserError(f"{cls.name} needs a trained draft for {target.model_id!r}: pass --checkpoint "
+                                f"{cls.name}=DIR (train one: python -m harness train --method {cls.name})")
+            tensors, config = eagle_io.read_checkpoint(where, cls.name, target.fingerprint())
+            net = cls.build_net(target, config)
+            missing, unexpected = net.load_state_dict(tensors, strict=False)
+            if missing or unexpected:
+                raise UserError(f"checkpoint {where} does not fit {cls.name}: missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]}")
+        return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
+
+    # ---- training (harness/train/trainer.py calls these) --------------------------------------------
+
+    loss_defaults: EagleLoss = EagleLoss()
+
+    @classmethod
+    def loss_config(cls, **overrides) -> dict:
+        try:
+            return dataclasses.asdict(dataclasses.replace(cls.loss_defaults, **overrides))
+        except TypeError as exc:
+            valid = ", ".join(f.name for f in dataclasses.fields(EagleLoss))
+            raise UserError(f"unknown loss option for {cls.name}: {exc} (valid: {valid})") from exc
+
+    @classmethod
+    def training_setup(cls, target: Target, **loss_overrides) -> tuple[nn.Module, EagleObjective]:
+        net = cls.build_net(target).to(device=target.device, dtype=torch.float32)
+        objective = EagleObjective(target.embed, target.lm_head, EagleLoss(**cls.loss_config(**loss_overrides)))
+        return net, objective
+
+    @classmethod
+    def architecture(cls, net: nn.Module) -> dict:
+        return {"bias": net.fc.bias is not None}
+
+    # ---- drafting ---------------------------------------------------------------------------------
+
+    def start(self, prompt: Tensor, out: TargetOut, sampling: SamplingParams) -> None:
+        super().start(prompt, out, sampling)
+        self.cache.reset()
+        self.stable = 0
+        self.pending_features = out.hidden                      # [T, H] f_0 .. f_{T-1}
+        self.pending_tokens = prompt[1:].tolist()               # x_1 .. x_{T-1}; the root completes them
+
+    def accept(self, tree: DraftTree, verdict: Verdict, out: TargetOut) -> None:
+        self.pending_features = out.hidden[verdict.path.to(out.hidden.device)]
+        self.pending_tokens = tree.tokens[verdict.path[1:]].tolist()
+
+    @torch.no_grad()
+    def propose(self, root: Tensor) -> DraftTree:
+        device = self.target.device
+        tokens = torch.tensor(self.pending_tokens + [int(root)], device=device)
+        n = tokens.shape[0]
+        positions = torch.arange(self.stable, self.stable + n, device=device)[None]
+        mask = causal_mask(n, self.stable, self.target.dtype, device)
+        out = self.net(self.target.embed(tokens)[None], self.pending_features[None], positions, mask, self.cache)
+        self.stable += n
+        tree = self.grow(root, out[0, -1])
+        self.cache.keep(self.stable, torch.arange(0, device=device))   # drop the expansion entries
+        return tree
+
+    def logprobs(self, features: Tensor) -> Tensor:
+        """[n, H] draft features -> [n, V] log-probabilities (no temperature: drafts are top-k)."""
+        return torch.log_softmax(self.target.lm_head(features).float(), dim=-1)
+
+    def grow(self, root: Tensor, root_feature: Tensor) -> DraftTree:
+        k, device, dtype = self.options.top_k, self.target.device, self.target.dtype
+        top = self.logprobs(root_feature[None])[0].topk(k)
+        rec_tokens, rec_scores = [top.indices], [top.values]
+        rec_parents = [torch.full((k,), -1, device=device)]
+        frontier_tokens, frontier_scores = top.indices, top.values
+        frontier_features = root_feature.expand(k, -1)
+        frontier_ids = torch.arange(k, device=device)
+        ancestry = torch.zeros(k, 0, dtype=torch.bool, device=device)
+        recorded = k
+        eye = torch.eye(k, dtype=torch.bool, device=device)
+        for level in range(self.options.depth):
+            # Each frontier node sees the whole stable context, its ancestors' entries and itself.
+            allowed = torch.cat([torch.ones(k, self.stable, dtype=torch.bool, device=device), ancestry, eye], 1)
+            positions = torch.full((1, k), self.stable + level, device=device)
+            out = self.net(self.target.embed(frontier_tokens)[None], frontier_features[None], positions,
+                           additive(allowed, dtype), self.cache)[0]
+            top = self.logprobs(out).topk(k)                               # [k, k]
+            scores = (frontier_scores[:, None] + top.values).flatten()    # cumulative log q of each path
+            rec_tokens.append(top.indices.flatten())
+            rec_scores.append(scores)
+            rec_parents.append(frontier_ids.repeat_interleave(k))
+            best = scores.topk(k).indices
+            slot = best // k
+            ancestry = torch.cat([ancestry[slot], eye[slot]], dim=1)
+            frontier_tokens, frontier_scores = top.indices.flatten()[best], scores[best]
+            frontier_features = out[slot]
+            frontier_ids = recorded + best
+            recorded += k * k
+        return self.select(root, torch.cat(rec_tokens), torch.cat(rec_scores), torch.cat(rec_parents))
+
+    def select(self, root: Tensor, tokens: Tensor, scores: Tensor, parents: Tensor) -> DraftTree:
+        """Keep the best total_tokens - 1 recorded nodes; a stable sort keeps every parent before its child."""
+        keep = min(self.options.total_tokens - 1, tokens.shape[0])
+        order = torch.sort(scores, descending=True, stable=True).indices[:keep]
+        chosen = order.sort().values
+        node_of = torch.full((tokens.shape[0],), -1, dtype=torch.long, device=tokens.device)
+        node_of[chosen] = torch.arange(1, keep + 1, device=tokens.device)
+        chosen_parents = parents[chosen]
+        node_parents = torch.where(chosen_parents < 0, 0, node_of[chosen_parents.clamp_min(0)])
+        return DraftTree(tokens=torch.cat([root.reshape(1).to(tokens), tokens[chosen]]).cpu(),
+                         parents=torch.cat([torch.tensor([-1]), node_parents.cpu()]))

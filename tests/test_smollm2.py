@@ -1,0 +1,45 @@
+"""Integration on the embedded default target, SmolLM2-135M-Instruct (real weights, fp32 on CPU)."""
+import time
+
+import pytest
+import torch
+
+from harness import chat
+from harness.decode import generate
+from harness.drafter import METHODS
+from harness.sampling import SamplingParams
+from harness.target import Target
+from harness.verify import Verifier
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "Repeat this list exactly, twice: apples, pears, plums, cherries, figs."
+
+
+@pytest.fixture(scope="module")
+def smol():
+    try:
+        return Target.load("smollm2-135m")
+    except Exception as exc:  # the package is installed by `make setup`; say so instead of failing obscurely
+        pytest.skip(f"SmolLM2 not available: {exc}")
+
+
+def test_a_second_load_uses_the_converted_cache(smol):
+    start = time.perf_counter()
+    again = Target.load("smollm2-135m")
+    assert time.perf_counter() - start < 10
+    assert again.vocab_size == 49152 and again.fingerprint()["hidden_size"] == 576
+
+
+def test_vanilla_and_pld_equal_transformers_greedy(smol):
+    prompt = chat.render(smol.tokenizer, [{"role": "user", "content": PROMPT}])
+    stops = chat.stop_ids(smol.tokenizer, smol.model.generation_config)
+    with torch.no_grad():
+        reference = smol.model.generate(prompt.unsqueeze(0), max_new_tokens=48, do_sample=False)[0, len(prompt):]
+    runs = {}
+    for method in ("vanilla", "pld"):
+        runs[method] = generate(smol, METHODS.get(method)(smol), Verifier(), prompt, max_new_tokens=48,
+                                stop_ids=stops, sampling=SamplingParams(), rng=torch.Generator())
+    assert runs["vanilla"].tokens == reference.tolist()
+    assert runs["pld"].tokens == runs["vanilla"].tokens
+    assert len(runs["pld"].accept_lengths) < len(runs["vanilla"].accept_lengths)
