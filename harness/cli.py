@@ -153,6 +153,27 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     print(f"checkpoint: {trainer.train(method, target, data, args.out, config, loss)}")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a draft checkpoint in the EAGLE layout for the EAGLE repo, vLLM or SGLang")
+    p.add_argument("--method", required=True)
+    p.add_argument("--checkpoint", required=True, help="a harness (or released EAGLE-layout) checkpoint folder")
+    p.add_argument("--format", choices=("eagle", "vllm", "sglang"), default="eagle")
+    p.add_argument("--target", default=None)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _export(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.drafter import METHODS
+    from harness.target import Target
+
+    method = METHODS.get(args.method)
+    if not hasattr(method, "export"):
+        raise UserError(f"method {method.name!r} has no exportable checkpoint format")
+    target = Target.load(args.target)
+    net = method.load_net(target, args.checkpoint)
+    print(f"exported: {method.export(net, target, args.out, args.format)}")
+
+
 def _key_value(pair: str) -> tuple[str, object]:
     key, sep, value = pair.partition("=")
     if not sep:
@@ -196,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     _add_datagen(sub)
     _add_train(sub)
+    _add_export(sub)
     sub.add_parser("list", help="registered methods and suites")
     args = parser.parse_args(argv)
-    handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train}
+    handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
+                "export": _export}
     try:
         handlers[args.command](args, argv)
     except UserError as exc:

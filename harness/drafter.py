@@ -18,7 +18,7 @@ from harness.registry import Registry
 from harness.sampling import SamplingParams
 from harness.target import Target, TargetOut
 from harness.tree import DraftTree
-from harness.verify import Verdict
+from harness.verify import Verdict, Verifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,11 @@ class Drafter(ABC):
 
     def accept(self, tree: DraftTree, verdict: Verdict, out: TargetOut) -> None:
         """The verifier kept tree nodes verdict.path and drew verdict.bonus; out is the tree's forward."""
+
+    def verifier(self) -> Verifier:
+        """The acceptance rule for this method's trees: the exact one unless the method says otherwise
+        (a lossy rule must come with ``lossless = False``, which labels every result)."""
+        return Verifier()
 
     def settings(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)

@@ -84,3 +84,80 @@ def format_summary(summary: pd.DataFrame) -> str:
     shown = summary.copy()
     shown["lossless"] = shown["lossless"].map({True: "yes", False: "NOT LOSSLESS"})
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+# Estimators for reports (harness.report): paired baselines, intervals, acceptance shape, latency.
+
+INTERVAL = "95% percentile bootstrap over questions (2000 resamples, seed 0; speedup resamples method and vanilla in pairs)"
+
+
+def paired_with_vanilla(cell: pd.DataFrame, base: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of a cell and of its vanilla baseline on the questions both answered, in the same order."""
+    shared = sorted(set(cell.question_id) & set(base.question_id))
+    return (cell.set_index("question_id").loc[shared].reset_index(),
+            base.set_index("question_id").loc[shared].reset_index())
+
+
+def speedup_ratio_of_means(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:
+    """Spec-Bench's SR: mean per-question throughput of the method over that of vanilla (paired rows)."""
+    return mean_tps(mine) / mean_tps(theirs) if len(mine) else float("nan")
+
+
+def speedup_total_time(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:
+    """Total-time ratio (REFERENCE §4.3): all tokens over all time, method over vanilla; weights long answers more."""
+    if not len(mine):
+        return float("nan")
+    return (mine.new_tokens.sum() / mine.wall_time.sum()) / (theirs.new_tokens.sum() / theirs.wall_time.sum())
+
+
+def ratio_interval(numerator, denominator, level: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(numerator) / sum(denominator), resampling paired entries."""
+    import numpy as np
+
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if len(num) == 0:
+        return float("nan"), float("nan")
+    picks = np.random.default_rng(seed).integers(0, len(num), size=(resamples, len(num)))
+    ratios = num[picks].sum(axis=1) / den[picks].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def tau_pooled_interval(frame: pd.DataFrame) -> tuple[float, float]:
+    return ratio_interval(frame.accepted, frame.steps)
+
+
+def speedup_interval(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[float, float]:
+    """Interval of speedup_ratio_of_means: a ratio of sums of per-question throughputs over the same questions."""
+    return ratio_interval(mine.new_tokens / mine.wall_time, theirs.new_tokens / theirs.wall_time)
+
+
+def same_text(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[int, int]:
+    """(questions whose answer text equals vanilla's, questions compared), on paired rows."""
+    return int((mine.text.to_numpy() == theirs.text.to_numpy()).sum()), len(mine)
+
+
+def accept_histogram(accept_lengths: Iterable[list[int]]) -> pd.Series:
+    """Fraction of decoding steps that committed each accept length (bonus included), over all questions."""
+    steps = pd.Series([a for lengths in accept_lengths for a in lengths], dtype=int)
+    return steps.value_counts(normalize=True).sort_index()
+
+
+def acceptance_by_depth(accept_lengths: Iterable[list[int]]) -> pd.Series:
+    """P(accept length > d) for d = 1 .. max accept length - 1: the share of steps whose draft token at depth d
+    was accepted (an accept length counts accepted drafts + 1, so a > d means depths 1..d all passed)."""
+    steps = pd.Series([a for lengths in accept_lengths for a in lengths], dtype=int)
+    if steps.empty:
+        return pd.Series(dtype=float)
+    depths = range(1, int(steps.max()))
+    return pd.Series([float((steps > d).mean()) for d in depths], index=list(depths), dtype=float)
+
+
+def latency_per_token(frame: pd.DataFrame) -> dict[str, float]:
+    """Milliseconds per generated token spent in prefill, drafting, verification and the rest of the call."""
+    tokens = frame.new_tokens.sum()
+    parts = {"prefill": frame.prefill_time.sum(), "draft": frame.draft_time.sum(), "verify": frame.verify_time.sum()}
+    parts["other"] = frame.wall_time.sum() - sum(parts.values())
+    return {name: 1000 * seconds / tokens if tokens else float("nan") for name, seconds in parts.items()}

@@ -24,7 +24,6 @@ from harness.records import Manifest, RowWriter, answer_file, make_row, read_row
 from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.target import Target
-from harness.verify import Verifier
 
 WARMUP_MAX_NEW_TOKENS = 64
 
@@ -100,7 +99,7 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
     if not todo:
         return
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
-    verifier = Verifier()
+    verifier = drafter.verifier()
     for _ in range(plan.warmup):
         prompt = chat.render(target.tokenizer, [{"role": "user", "content": questions[0].turns[0]}])
         generate(target, drafter, verifier, prompt, max_new_tokens=min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS),

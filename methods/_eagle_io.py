@@ -63,8 +63,9 @@ def export(tensors: dict[str, torch.Tensor], target, out: Path, flavor: str = "e
     weights["embed_tokens.weight"] = target.embed.weight
     config = target.config.to_dict()
     config.pop("quantization_config", None)
+    dtype_name = str(dtype).removeprefix("torch.")
     config.update(num_hidden_layers=1, architectures=[ARCHITECTURES[flavor]], bias=True,
-                  torch_dtype=str(dtype).removeprefix("torch."))
+                  torch_dtype=dtype_name, dtype=dtype_name)
     if target.config.model_type == "qwen2":
         config["qkv_bias"] = True
     out.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,11 @@ class Eagle2(Drafter):
                                 f"unexpected {unexpected[:3]}")
         return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
 
+    @classmethod
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str) -> Path:
+        """The EAGLE layout that the EAGLE repo, vLLM and SGLang load (REFERENCE §1.3.6)."""
+        return eagle_io.export(net.state_dict(), target, Path(out), flavor)
+
     # ---- training (harness/train/trainer.py calls these) --------------------------------------------
 
     loss_defaults: EagleLoss = EagleLoss()

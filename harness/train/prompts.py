@@ -2,7 +2,7 @@
 
 Sources (REFERENCE §3.7): ShareGPT first turns (ml-energy sample), GPTeacher codegen and roleplay
 instructions, GSM8K train questions. A prompt is dropped when it shares an 8-word run with any
-evaluation prompt of any registered suite whose data is available, so drafts never see test text.
+evaluation prompt (Spec-Bench, MT-bench, GSM8K test, HumanEval), so drafts never see test text.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.suite import SUITES, read_jsonl, resolve_data_file
+from harness.suite import read_jsonl, resolve_data_file
 
 SOURCES = {
     "sharegpt": "train_prompts/sharegpt_mlenergy/sg_90k_part1_html_cleaned_lang_first_sampled_sorted.json",
@@ -43,17 +43,24 @@ def _read_source(name: str, data_dir: Path | None) -> list[str]:
     return [(r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")) for r in records]
 
 
+# Every evaluation text a draft must not train on: (data file, fields holding prompt text).
+EVALUATION_FILES = {
+    "spec_bench/question.jsonl": ("turns",),
+    "mt_bench/question.jsonl": ("turns",),
+    "gsm8k/test.jsonl": ("question",),
+    "humaneval/HumanEval.jsonl.gz": ("prompt",),
+}
+
+
 def evaluation_shingles(data_dir: Path | None) -> set[tuple[str, ...]]:
-    """8-word runs of every turn of every suite whose data can be found."""
+    """8-word runs of every evaluation prompt; a missing evaluation file is an error, not a silent pass."""
     shingles: set[tuple[str, ...]] = set()
-    for name in SUITES.names():
-        try:
-            questions = SUITES.get(name)(data_dir=data_dir).questions()
-        except UserError:
-            continue
-        for question in questions:
-            for turn in question.turns:
-                shingles |= _shingles(turn)
+    for relative, fields in EVALUATION_FILES.items():
+        for record in read_jsonl(resolve_data_file(relative, None, data_dir)):
+            for field in fields:
+                values = record.get(field, [])
+                for text in [values] if isinstance(values, str) else values:
+                    shingles |= _shingles(text)
     return shingles
 
 

@@ -1,0 +1,102 @@
+"""Find run directories and load their result rows and manifests into one pandas frame.
+
+A run directory is a folder holding ``manifest.json`` (harness.records); a folder given on the
+command line that is not one is searched one level down, so ``--results results`` means every run.
+The report never loads a model: everything it shows comes from these files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness import metrics
+from harness.errors import UserError
+from harness.records import iter_result_files, read_rows
+
+
+@dataclass
+class Run:
+    name: str                  # unique label in this report (the folder name, made unique)
+    path: Path
+    manifest: dict
+    frame: pd.DataFrame        # one row per answered question (metrics.load_frame + accept_lengths)
+    notes: list[str] = field(default_factory=list)   # gaps found while loading
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories among paths: a path with manifest.json, else its children that have one."""
+    found: list[Path] = []
+    for path in paths:
+        if (path / "manifest.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.glob("*/manifest.json")))
+        else:
+            raise UserError(f"{path} does not exist; pass --results with a run directory (one holding manifest.json)")
+    if not found:
+        raise UserError(f"no run directory (a folder with manifest.json) under {', '.join(map(str, paths))}; "
+                        f"run `python -m harness run ...` first or pass --results DIR")
+    return list(dict.fromkeys(found))
+
+
+def _load_frame(run_dir: Path) -> pd.DataFrame:
+    files = list(iter_result_files([run_dir]))
+    frame = metrics.load_frame(files)
+    if frame.empty:
+        return frame
+    # load_frame reads the files in this order, one record per row, so the lists line up with its rows.
+    frame["accept_lengths"] = [row["choices"][0]["accept_lengths"] for path in files for row in read_rows(path)]
+    return frame
+
+
+def _gaps(frame: pd.DataFrame, manifest: dict) -> list[str]:
+    """Missing or partial cells: listed but empty, fewer questions than the fullest cell, temperatures not run."""
+    notes = [f"sweep {i + 1} ({' '.join(s.get('argv', []))}) ended with status {s.get('status', 'unfinished')}"
+             for i, s in enumerate(manifest.get("sweeps", [])) if s.get("status") != "complete"]
+    counts = frame.groupby(["suite", "temperature", "method"]).size() if not frame.empty else pd.Series(dtype=int)
+    for cell in manifest.get("cells", []):
+        if (cell["suite"], cell["temperature"], cell["method"]) not in counts.index:
+            notes.append(f"{cell['suite']} {cell['method']} T={cell['temperature']:g}: listed in the manifest "
+                         f"but has no rows (interrupted before its first question)")
+    if frame.empty:
+        return notes
+    for (suite, temperature), group in counts.groupby(level=[0, 1]):
+        full = group.max()
+        for (_, _, method), n in group.items():
+            if n < full:
+                notes.append(f"{suite} {method} T={temperature:g}: partial, {n} of {full} questions")
+        if "vanilla" not in group.index.get_level_values(2):
+            notes.append(f"{suite} T={temperature:g}: no vanilla baseline, so no speedup")
+    for suite, cells in frame.groupby("suite"):
+        temperatures = set(cells.temperature)
+        for method, rows in cells.groupby("method"):
+            missing = sorted(temperatures - set(rows.temperature))
+            if missing:
+                notes.append(f"{suite} {method}: no results at T={', '.join(f'{t:g}' for t in missing)}")
+    return notes
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    runs: list[Run] = []
+    taken: set[str] = set()
+    for run_dir in find_run_dirs(paths):
+        name = run_dir.name if run_dir.name not in taken else f"{run_dir.parent.name}/{run_dir.name}"
+        taken.add(name)
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        frame = _load_frame(run_dir)
+        notes = _gaps(frame, manifest)
+        if frame.empty:
+            notes.append("no result rows yet")
+        else:
+            frame.insert(0, "run", name)
+        runs.append(Run(name, run_dir, manifest, frame, notes))
+    return runs
+
+
+def combined(runs: list[Run]) -> pd.DataFrame:
+    """All runs' questions in one frame, with a ``run`` column; empty runs contribute nothing."""
+    frames = [run.frame for run in runs if not run.frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

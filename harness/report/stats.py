@@ -1,0 +1,105 @@
+"""Numbers behind every table and plot, computed from the question frame with harness.metrics estimators.
+
+Each function returns a numeric (long) DataFrame; tables.py formats them and plots.py draws them.
+A speedup always uses the vanilla rows of the same run, suite, temperature (and task) on the questions
+both answered, never a baseline from another run. A missing baseline leaves NaN, shown as a gap.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from harness import metrics
+
+KEYS = ["run", "suite", "temperature", "method"]
+LATENCY_PARTS = ["prefill", "draft", "verify", "other"]
+
+
+def label(method: str, lossless: bool) -> str:
+    """A method's name as every table and plot shows it; lossy methods are flagged."""
+    return method if lossless else f"{method} (NOT LOSSLESS)"
+
+
+def _baseline(frame: pd.DataFrame, keys: list[str], values: tuple) -> pd.DataFrame:
+    mask = frame.method == "vanilla"
+    for key, value in zip(keys, values):
+        if key != "method":
+            mask &= frame[key] == value
+    return frame[mask]
+
+
+def cell_stats(frame: pd.DataFrame, by_task: bool = False) -> pd.DataFrame:
+    """tau (pooled, with interval; macro), mean tok/s, speedup (ratio of means, with interval; total time),
+    and the T=0 same-text count, per run, suite, temperature, method (and task)."""
+    keys = KEYS + ["task"] if by_task else KEYS
+    out = []
+    for values, cell in frame.groupby(keys, sort=False):
+        mine, theirs = metrics.paired_with_vanilla(cell, _baseline(frame, keys, values))
+        tau_lo, tau_hi = metrics.tau_pooled_interval(cell)
+        sp_lo, sp_hi = metrics.speedup_interval(mine, theirs)
+        same, compared = metrics.same_text(mine, theirs)
+        entry = dict(zip(keys, values))
+        entry.update(
+            label=label(entry["method"], bool(cell.lossless.all())), lossless=bool(cell.lossless.all()),
+            questions=len(cell), paired=len(mine), tau=metrics.tau_pooled(cell), tau_lo=tau_lo, tau_hi=tau_hi,
+            tau_macro=metrics.tau_macro(cell), tps=metrics.mean_tps(cell),
+            speedup=metrics.speedup_ratio_of_means(mine, theirs), speedup_lo=sp_lo, speedup_hi=sp_hi,
+            speedup_total=metrics.speedup_total_time(mine, theirs),
+            same_text=same if entry["temperature"] == 0 and compared else None, compared=compared)
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def latency(frame: pd.DataFrame) -> pd.DataFrame:
+    """Milliseconds per generated token in prefill, draft, verify and other, per cell."""
+    out = []
+    for values, cell in frame.groupby(KEYS, sort=False):
+        out.append({**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all())),
+                    **metrics.latency_per_token(cell)})
+    return pd.DataFrame(out)
+
+
+def acceptance(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(histogram of accept lengths, P(accept length > d) by depth d), long format, per cell.
+
+    Vanilla is left out of the depth table: it drafts nothing, so it has no depth 1."""
+    hist, depth = [], []
+    for values, cell in frame.groupby(KEYS, sort=False):
+        base = {**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all()))}
+        for length, share in metrics.accept_histogram(cell.accept_lengths).items():
+            hist.append({**base, "accept_length": int(length), "share": share})
+        if values[-1] != "vanilla":
+            for d, p in metrics.acceptance_by_depth(cell.accept_lengths).items():
+                depth.append({**base, "depth": int(d), "p_accept": p})
+    return pd.DataFrame(hist), pd.DataFrame(depth)
+
+
+def quality(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each suite score (accuracy, pass@1, ...) of a method beside vanilla's on the questions both answered
+    (on all of the method's questions when there is no baseline)."""
+    scores = [c for c in frame.columns if c.startswith("score:")]
+    out = []
+    for values, cell in frame.groupby(KEYS, sort=False):
+        mine, theirs = metrics.paired_with_vanilla(cell, _baseline(frame, KEYS, values))
+        for column in scores:
+            if cell[column].isna().all():
+                continue
+            out.append({**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all())),
+                        "score": column.removeprefix("score:"),
+                        "value": mine[column].mean() if len(mine) else cell[column].mean(),
+                        "vanilla": theirs[column].mean() if len(theirs) else float("nan"),
+                        "questions": len(mine) if len(mine) else int(cell[column].notna().sum())})
+    return pd.DataFrame(out)
+
+
+def compare(cells: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
+    """tau and speedup of each run side by side, with ratios of every later run over the first."""
+    keys = [k for k in ("suite", "temperature", "task", "label") if k in cells.columns]
+    wide = cells.pivot_table(index=keys, columns="run", values=["tau", "speedup"], aggfunc="first", dropna=False)
+    out = pd.DataFrame(index=wide.index)
+    for run in runs:
+        for metric in ("tau", "speedup"):
+            out[f"{metric} [{run}]"] = wide[(metric, run)] if (metric, run) in wide.columns else float("nan")
+    for run in runs[1:]:
+        for metric in ("tau", "speedup"):
+            out[f"{metric} ratio {run}/{runs[0]}"] = out[f"{metric} [{run}]"] / out[f"{metric} [{runs[0]}]"]
+    return out.reset_index()

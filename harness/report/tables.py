@@ -1,0 +1,166 @@
+"""Report tables: the numeric frames of stats.py formatted as strings, each with a title and the estimator.
+
+A Table is format-neutral (render.py writes it as Markdown, HTML or LaTeX). Missing values are an
+em dash, never a zero; every caption names the estimator and interval behind its numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.metrics import INTERVAL
+from harness.report.load import Run
+from harness.report.stats import LATENCY_PARTS
+
+GAP = "—"
+MAX_DEPTH_COLUMNS = 12
+
+
+@dataclass
+class Table:
+    key: str               # stable id: file names, HTML anchors, tests
+    title: str
+    caption: str           # what the numbers are and which estimator made them
+    frame: pd.DataFrame    # all cells already strings
+
+
+def num(value: object, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return GAP
+    return f"{value:.{digits}f}"
+
+
+def interval(value: float, low: float, high: float, digits: int = 2) -> str:
+    if math.isnan(value):
+        return GAP
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" if not math.isnan(low) else num(value, digits)
+
+
+def estimator(runs: list[Run], key: str) -> str:
+    """The manifest's description of one estimator, per run when runs disagree."""
+    texts = {run.name: run.manifest.get("estimators", {}).get(key, "not recorded") for run in runs}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return "; ".join(f"{name}: {text}" for name, text in texts.items())
+
+
+def _cell_columns(frame: pd.DataFrame, many_runs: bool) -> pd.DataFrame:
+    shown = pd.DataFrame({"Suite": frame.suite, "T": frame.temperature.map(lambda t: f"{t:g}"),
+                          "Method": frame.label})
+    if many_runs:
+        shown.insert(0, "Run", frame.run)
+    return shown
+
+
+def summary(cells: pd.DataFrame, runs: list[Run]) -> Table:
+    shown = _cell_columns(cells, len(runs) > 1)
+    shown["Questions"] = cells.questions.astype(str)
+    shown["τ [95% CI]"] = [interval(*v) for v in zip(cells.tau, cells.tau_lo, cells.tau_hi)]
+    shown["τ macro"] = cells.tau_macro.map(num)
+    shown["tok/s"] = cells.tps.map(lambda v: num(v, 1))
+    shown["Speedup [95% CI]"] = [interval(*v) for v in zip(cells.speedup, cells.speedup_lo, cells.speedup_hi)]
+    shown["Speedup (total time)"] = cells.speedup_total.map(num)
+    shown["Same text as vanilla (T=0)"] = [f"{s}/{n}" if s is not None and not pd.isna(s) else GAP
+                                           for s, n in zip(cells.same_text, cells.compared)]
+    caption = (f"τ: {estimator(runs, 'tau')}. τ macro: mean over questions of per-question τ (HASS). "
+               f"tok/s: mean over questions of new_tokens / wall_time. Speedup: {estimator(runs, 'speedup')}. "
+               f"Speedup (total time): all tokens over all time, method over vanilla. Intervals: {INTERVAL}. "
+               f"Timer: {estimator(runs, 'timer_scope')}; tokens counted as {estimator(runs, 'token_count_method')}.")
+    return Table("summary", "τ, throughput and speedup per method", caption, shown.reset_index(drop=True))
+
+
+def by_task(task_cells: pd.DataFrame, cells: pd.DataFrame, runs: list[Run], metric: str) -> Table:
+    """Spec-Bench layout: one row per method, one column per task plus overall."""
+    both = pd.concat([task_cells, cells.assign(task="overall")], ignore_index=True)
+    both["shown"] = [interval(*v) for v in zip(both[metric], both[f"{metric}_lo"], both[f"{metric}_hi"])]
+    index = ["run", "suite", "temperature", "label"]
+    wide = both.pivot_table(index=index, columns="task", values="shown", aggfunc="first", sort=False)
+    tasks = [t for t in dict.fromkeys(task_cells.task) if t != "overall"] + ["overall"]
+    wide = wide.reindex(columns=tasks).fillna(GAP).reset_index()
+    shown = _cell_columns(wide, len(runs) > 1)
+    for task in tasks:
+        shown[task] = wide[task]
+    name = "τ" if metric == "tau" else "Speedup"
+    caption = (f"{name} per suite task with its 95% interval. "
+               f"{'τ: ' + estimator(runs, 'tau') if metric == 'tau' else 'Speedup: ' + estimator(runs, 'speedup')}, "
+               f"vanilla of the same task as baseline. Intervals: {INTERVAL}.")
+    return Table(f"{metric}_by_task", f"{name} by task", caption, shown)
+
+
+def latency(lat: pd.DataFrame, runs: list[Run]) -> Table:
+    shown = _cell_columns(lat, len(runs) > 1)
+    for part in LATENCY_PARTS:
+        shown[f"{part} (ms/token)"] = lat[part].map(num)
+    shown["total (ms/token)"] = lat[LATENCY_PARTS].sum(axis=1).map(num)
+    drafting = lat.draft / (lat.draft + lat.verify)
+    shown["draft share of draft+verify"] = drafting.map(lambda v: GAP if pd.isna(v) else f"{100 * v:.0f}%")
+    caption = ("Wall time per generated token, split into the prefill forward, drafting, verification forwards "
+               "and the rest of the call (sampling, bookkeeping): sums over questions divided by all new tokens. "
+               f"Timer: {estimator(runs, 'timer_scope')}.")
+    return Table("latency", "Latency breakdown per generated token", caption, shown.reset_index(drop=True))
+
+
+def depth(depth_frame: pd.DataFrame, runs: list[Run]) -> Table:
+    index = ["run", "suite", "temperature", "label"]
+    wide = depth_frame.pivot_table(index=index, columns="depth", values="p_accept", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=[d for d in wide.columns if d <= MAX_DEPTH_COLUMNS]).reset_index()
+    shown = _cell_columns(wide, len(runs) > 1)
+    for d in [c for c in wide.columns if isinstance(c, (int, float)) and not isinstance(c, bool)]:
+        shown[f"d={d}"] = wide[d].map(lambda v: GAP if pd.isna(v) else f"{v:.2f}")
+    caption = ("P(accept length > d): the share of decoding steps whose draft token at depth d was accepted, "
+               "from each step's accept length (accepted drafts + 1, all steps including each turn's prefill "
+               f"step). Vanilla drafts nothing and is left out; depths beyond {MAX_DEPTH_COLUMNS} are not shown.")
+    return Table("acceptance_by_depth", "Acceptance rate by draft depth", caption, shown)
+
+
+def quality(qual: pd.DataFrame, runs: list[Run]) -> Table:
+    shown = _cell_columns(qual, len(runs) > 1)
+    shown["Score"] = qual.score
+    shown["Value"] = qual.value.map(lambda v: num(v, 3))
+    shown["Vanilla"] = qual.vanilla.map(lambda v: num(v, 3))
+    shown["Difference"] = (qual.value - qual.vanilla).map(lambda v: GAP if pd.isna(v) else f"{v:+.3f}")
+    shown["Questions"] = qual.questions.astype(str)
+    caption = ("Suite quality scores (GSM8K accuracy, HumanEval pass@1, ...): mean over questions, on the questions "
+               "both the method and vanilla answered. A lossless method should match vanilla within sampling noise.")
+    return Table("quality", "Quality beside vanilla", caption, shown.reset_index(drop=True))
+
+
+def comparison(comp: pd.DataFrame, runs: list[Run]) -> Table:
+    shown = pd.DataFrame({"Suite": comp.suite, "T": comp.temperature.map(lambda t: f"{t:g}")})
+    if "task" in comp.columns:
+        shown["Task"] = comp.task
+    shown["Method"] = comp.label
+    for column in comp.columns[len(shown.columns):]:
+        shown[column] = comp[column].map(lambda v: num(v, 2))
+    caption = (f"τ and speedup of each run side by side (speedups against each run's own vanilla), and ratios of "
+               f"each run over {runs[0].name}. τ: {estimator(runs, 'tau')}. Speedup: {estimator(runs, 'speedup')}.")
+    return Table("comparison", "Comparison of runs", caption, shown.reset_index(drop=True))
+
+
+def environment(runs: list[Run]) -> Table:
+    rows: dict[str, dict[str, str]] = {}
+    for run in runs:
+        settings = run.manifest.get("settings", {})
+        sweeps = run.manifest.get("sweeps", [])
+        env = sweeps[-1].get("env", {}) if sweeps else {}
+        commit = env.get("harness_commit") or "not recorded"
+        values = {
+            "path": str(run.path), "device": settings.get("device"), "gpu": env.get("gpu"), "cpu": env.get("cpu"),
+            "cpu cores / torch threads": f"{env.get('cpu_count')} / {env.get('torch_threads')}",
+            "python": env.get("python"), "torch": env.get("torch"), "cuda": env.get("cuda"),
+            "transformers": env.get("transformers"), "platform": env.get("platform"),
+            "harness commit": commit + (" (uncommitted changes)" if env.get("harness_dirty") else ""),
+            "target": settings.get("target"), "dtype": settings.get("dtype"),
+            "max_new_tokens": settings.get("max_new_tokens"), "seed": settings.get("seed"),
+            "warm-up generations": settings.get("warmup"),
+            "sweeps": ", ".join(s.get("status", "unfinished") for s in sweeps),
+            **{f"estimator: {k}": v for k, v in run.manifest.get("estimators", {}).items()},
+        }
+        for field, value in values.items():
+            rows.setdefault(field, {})[run.name] = GAP if value is None else str(value)
+    shown = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=[r.name for r in runs]).fillna(GAP)
+    shown = shown.rename_axis("Field").reset_index()
+    caption = "From each run's manifest.json; the environment is the one recorded by the run's last sweep."
+    return Table("environment", "Environment and estimators", caption, shown)
