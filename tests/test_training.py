@@ -1,0 +1,49 @@
+"""The training pipeline end to end on a tiny target: datagen shards, trainer with resume, checkpoint use."""
+import dataclasses
+import json
+
+import torch
+
+from harness.decode import generate
+from harness.sampling import SamplingParams
+from harness.target import Target
+from harness.train import datagen, trainer
+from harness.train.data import FeatureData
+from harness.train.prompts import training_prompts
+from harness.verify import Verifier
+from methods.eagle2 import Eagle2
+from tests.tiny import hf_greedy, save_tiny_target
+
+
+def test_training_prompts_drop_evaluation_overlap(shared_data):
+    prompts, stats = training_prompts(["codegen", "gsm8k"], shared_data)
+    assert stats["dropped_overlap"] > 100          # REFERENCE §3.7: 148 codegen items paraphrase eval prompts
+    assert len(prompts) == sum(stats["per_source"].values())
+
+
+def test_datagen_train_resume_and_load(shared_data, tmp_path):
+    target_dir = save_tiny_target(tmp_path / "target")
+    config = datagen.DatagenConfig(target=target_dir, out=tmp_path / "data", sources=("gsm8k",), max_samples=12,
+                                   max_new_tokens=12, batch_size=4, shard_size=6, data_dir=shared_data)
+    datagen.run(config)
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert [s["samples"] for s in manifest["shards"]] == [6, 6]
+    data = FeatureData(tmp_path / "data")
+    ids, loss_mask, hidden = data.samples[0]
+    assert hidden.shape == (ids.shape[0], 32) and loss_mask.any() and not loss_mask.all()
+
+    target = Target.load(target_dir)
+    settings = trainer.TrainConfig(epochs=1, batch_size=4, lr=3e-3, warmup_steps=1, holdout=0.2, eval_depths=3)
+    out = tmp_path / "draft"
+    trainer.train(Eagle2, target, data, out, settings)
+    trainer.train(Eagle2, target, data, out, dataclasses.replace(settings, epochs=2))   # resumes after epoch 1
+    evals = json.loads((out / "config.json").read_text())["training"]["evals"]
+    assert [e["epoch"] for e in evals] == [1, 2] and "top1_depth3" in evals[-1]
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,lr") and len(rows) == 1 + 2 * 3   # 9 train samples / batch 4 = 3 steps
+
+    drafter = Eagle2(target, checkpoint=str(out), total_tokens=10, depth=2, top_k=3)
+    prompt = torch.tensor([0, 5, 6, 7])
+    gen = generate(target, drafter, Verifier(), prompt, max_new_tokens=20, stop_ids=frozenset({1}),
+                   sampling=SamplingParams(), rng=torch.Generator())
+    assert gen.tokens == hf_greedy(target.model, prompt, 20)
