@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from harness import report
 from harness.errors import UserError
 
 
@@ -218,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_datagen(sub)
     _add_train(sub)
     _add_export(sub)
+    report_parser = sub.add_parser("report", help="tables, plots and paper tables from result folders")
+    report.add_arguments(report_parser)
     sub.add_parser("list", help="registered methods and suites")
     args = parser.parse_args(argv)
     handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
-                "export": _export}
+                "export": _export, "report": lambda args, argv: report.run(args)}
     try:
         handlers[args.command](args, argv)
     except UserError as exc:

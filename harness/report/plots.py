@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from harness.report.stats import LATENCY_PARTS  # noqa: E402
 
@@ -104,6 +105,8 @@ class Plotter:
         for ax, temperature in zip(axes, temps):
             for label, rows in depth[depth.temperature == temperature].groupby("label", sort=False):
                 ax.plot(rows.depth, rows.p_accept, marker="o", label=label, color=self.colour(label))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.5, max(2, depth.depth.max()) + 0.5)
             ax.set_xlabel("draft depth d")
             ax.set_ylabel("P(accept length > d)")
             ax.set_ylim(0, 1.02)
@@ -125,6 +128,8 @@ class Plotter:
                 rows = part[part.label == label]
                 ax.bar(rows.accept_length + (i - (len(labels) - 1) / 2) * width, 100 * rows.share, width,
                        label=label, color=self.colour(label))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.4, max(2, hist.accept_length.max()) + 0.6)
             ax.set_xlabel("accept length (tokens committed per step)")
             ax.set_ylabel("share of decoding steps (%)")
             ax.set_title(f"{title}, T={temperature:g}")

@@ -62,7 +62,7 @@ def summary(cells: pd.DataFrame, runs: list[Run]) -> Table:
     shown["tok/s"] = cells.tps.map(lambda v: num(v, 1))
     shown["Speedup [95% CI]"] = [interval(*v) for v in zip(cells.speedup, cells.speedup_lo, cells.speedup_hi)]
     shown["Speedup (total time)"] = cells.speedup_total.map(num)
-    shown["Same text as vanilla (T=0)"] = [f"{s}/{n}" if s is not None and not pd.isna(s) else GAP
+    shown["Same text as vanilla (T=0)"] = [f"{int(s)}/{n}" if s is not None and not pd.isna(s) else GAP
                                            for s, n in zip(cells.same_text, cells.compared)]
     caption = (f"τ: {estimator(runs, 'tau')}. τ macro: mean over questions of per-question τ (HASS). "
                f"tok/s: mean over questions of new_tokens / wall_time. Speedup: {estimator(runs, 'speedup')}. "
@@ -83,9 +83,9 @@ def by_task(task_cells: pd.DataFrame, cells: pd.DataFrame, runs: list[Run], metr
     for task in tasks:
         shown[task] = wide[task]
     name = "τ" if metric == "tau" else "Speedup"
-    caption = (f"{name} per suite task with its 95% interval. "
-               f"{'τ: ' + estimator(runs, 'tau') if metric == 'tau' else 'Speedup: ' + estimator(runs, 'speedup')}, "
-               f"vanilla of the same task as baseline. Intervals: {INTERVAL}.")
+    how = (f"τ: {estimator(runs, 'tau')}" if metric == "tau"
+           else f"Speedup: {estimator(runs, 'speedup')}, against vanilla on the same task's questions")
+    caption = f"{name} per suite task and overall, with a 95% interval. {how}. Intervals: {INTERVAL}."
     return Table(f"{metric}_by_task", f"{name} by task", caption, shown)
 
 
@@ -148,7 +148,7 @@ def environment(runs: list[Run]) -> Table:
         commit = env.get("harness_commit") or "not recorded"
         values = {
             "path": str(run.path), "device": settings.get("device"), "gpu": env.get("gpu"), "cpu": env.get("cpu"),
-            "cpu cores / torch threads": f"{env.get('cpu_count')} / {env.get('torch_threads')}",
+            "cpu cores / torch threads": f"{env['cpu_count']} / {env.get('torch_threads')}" if env.get("cpu_count") else None,
             "python": env.get("python"), "torch": env.get("torch"), "cuda": env.get("cuda"),
             "transformers": env.get("transformers"), "platform": env.get("platform"),
             "harness commit": commit + (" (uncommitted changes)" if env.get("harness_dirty") else ""),

@@ -1,0 +1,147 @@
+"""Paper tables: a published table's layout (methods by datasets, speedup / τ, per temperature) with our
+measured values on the line under each published row.
+
+Published numbers come only from reports/published/anchors.toml (see its header for the layout); a cell
+the file gives as a status (pending-primary, unconfirmed, ...) is shown as that status, never filled.
+Ours come from stats.cell_stats, so they carry this run's estimators, named in every caption.
+"""
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UserError
+from harness.report.tables import GAP, Table, estimator
+
+ANCHORS = Path(__file__).resolve().parents[2] / "reports" / "published" / "anchors.toml"
+STATUSES = ("pending-primary", "unconfirmed", "not-reported", "unknown")
+
+
+def load_anchors(path: Path = ANCHORS) -> dict:
+    if not path.is_file():
+        raise UserError(f"published numbers not found at {path}")
+    with open(path, "rb") as handle:
+        anchors = tomllib.load(handle)
+    for name, paper in anchors.get("papers", {}).items():
+        for table in paper["tables"]:
+            columns = table.get("columns", paper["columns"])
+            for row in table["rows"]:
+                for metric in ("speedup", "tau"):
+                    values = row.get(metric, [])
+                    if values and len(values) != len(columns):
+                        raise UserError(f"{path}: {name} {row['method']} {metric} has {len(values)} values "
+                                        f"for {len(columns)} columns")
+                    bad = [v for v in values if isinstance(v, str) and v not in STATUSES]
+                    if bad or (row.get("status") and row["status"] not in STATUSES):
+                        raise UserError(f"{path}: {name} {row['method']}: unknown status {bad or row['status']}")
+    return anchors
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+class Measured:
+    """Our (speedup, τ) per run, suite or suite task, temperature and method, looked up by anchor names."""
+
+    def __init__(self, cells: pd.DataFrame, task_cells: pd.DataFrame) -> None:
+        self.values: dict[tuple, tuple[float, float]] = {}
+        self.labels: dict[str, str] = {}
+        for frame, by_task in ((cells, False), (task_cells, True)):
+            for r in frame.itertuples(index=False):
+                key = (r.run, _norm(r.suite), _norm(r.task) if by_task else "", float(r.temperature), r.method)
+                self.values[key] = (r.speedup, r.tau)
+                self.labels[r.method] = r.label
+        self.runs = list(dict.fromkeys(cells.run)) if "run" in cells else []
+
+    def has(self, run: str, temperature: float, method: str) -> bool:
+        return any(k[0] == run and k[3] == temperature and k[4] == method for k in self.values)
+
+    def get(self, run: str, specs: list[str], temperature: float, method: str) -> tuple[float, float] | None:
+        for spec in specs:
+            suite, _, task = spec.partition(":")
+            found = self.values.get((run, _norm(suite), _norm(task), temperature, method))
+            if found:
+                return found
+        return None
+
+
+def _published(value: object) -> str:
+    if value is None or value == "not-reported":
+        return GAP
+    return value if isinstance(value, str) else f"{value:.2f}"
+
+
+def _cell(speedup: object, tau: object) -> str:
+    left, right = _published(speedup), _published(tau)
+    return left if left == right else f"{left} / {right}"
+
+
+def _ours_cells(measured: Measured, run: str, columns: list[str], match: dict, temperature: float,
+                method: str) -> list[str]:
+    values = {c: measured.get(run, match.get(c, []), temperature, method) for c in columns
+              if match.get(c) and match[c] != ["mean"]}
+    cells = []
+    for column in columns:
+        if match.get(column) == ["mean"]:
+            found = [v for v in values.values() if v is not None]
+            if found and len(found) == len(values):
+                means = [sum(v[i] for v in found) / len(found) for i in (0, 1)]
+                cells.append(_cell(*(m if not math.isnan(m) else None for m in means)))
+            else:
+                cells.append(GAP)
+        else:
+            value = values.get(column)
+            cells.append(GAP if value is None else _cell(*(v if not math.isnan(v) else None for v in value)))
+    return cells
+
+
+def paper_tables(name: str, anchors: dict, measured: Measured, runs: list) -> tuple[str, list[str], list[Table]]:
+    """(title, notes, tables) for one paper: a table per published table and temperature."""
+    papers = anchors.get("papers", {})
+    if name not in papers:
+        raise UserError(f"unknown paper {name!r}; known: {', '.join(papers)}")
+    paper, aliases = papers[name], anchors.get("methods", {})
+    ours_note = (f"Ours: speedup = {estimator(runs, 'speedup')}; τ = {estimator(runs, 'tau')}. "
+                 "Each cell: speedup (×) / τ; one value where both are the same status; — where the source or our "
+                 "results have none.")
+    tables = []
+    for number, spec in enumerate(paper["tables"], start=1):
+        columns, match = spec.get("columns", paper["columns"]), spec.get("match", paper.get("match", {}))
+        temps = list(dict.fromkeys(row.get("temperature") for row in spec["rows"]))
+        for temperature in temps:
+            lines, extra = [], []
+            for row in [r for r in spec["rows"] if r.get("temperature") == temperature]:
+                values = [row.get("status")] * len(columns) if "status" in row else [
+                    _cell(s, t) for s, t in zip(row.get("speedup", [None] * len(columns)),
+                                                row.get("tau", [None] * len(columns)))]
+                t_text = "not stated" if temperature is None else f"{temperature:g}"
+                lines.append([row.get("target", ""), row["method"], t_text, "paper", *values,
+                              row.get("confidence", spec["confidence"])])
+                if "source" in row:
+                    extra.append(f"{row.get('target', '')} {row['method']}: {row['source']}")
+                ours = aliases.get(row["method"])
+                if ours is None or temperature is None:
+                    continue
+                for run in measured.runs:
+                    shown = measured.labels.get(ours, ours)
+                    if measured.has(run, float(temperature), ours):
+                        cells = _ours_cells(measured, run, columns, match, float(temperature), ours)
+                        lines.append(["", shown, t_text, f"ours ({run})", *cells, "measured"])
+                    else:
+                        lines.append(["", shown, t_text, f"ours ({run}): not run", *[GAP] * len(columns), ""])
+            frame = pd.DataFrame(lines, columns=["Target", "Method", "T", "Values", *columns, "Confidence"])
+            if not frame.Target.any():
+                frame = frame.drop(columns="Target")
+            t_title = "T not stated" if temperature is None else f"T={temperature:g}"
+            caption = (f"{spec['caption']}. Source: {spec['source']}"
+                       + (f"; rows with their own source: {'; '.join(extra)}" if extra else "")
+                       + f". Confidence: {spec['confidence']}. {ours_note}")
+            tables.append(Table(f"paper_{name}_{number}_{t_title.replace('=', '').replace(' ', '_')}",
+                                f"{spec['name']}, {t_title}", caption, frame))
+    notes = [f"- {note}" for note in paper.get("notes", [])]
+    return paper["title"], [f"Published numbers from reports/published/anchors.toml ({paper['reference']})."] + notes, tables
