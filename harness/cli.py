@@ -211,6 +211,22 @@ def _list(args: argparse.Namespace, argv: list[str]) -> None:
         print(f"  {name:<10} {(SUITES.get(name).__doc__ or '').strip().splitlines()[0]}")
 
 
+def _suites(args: argparse.Namespace, argv: list[str]) -> None:
+    from collections import Counter
+
+    from harness.suite import SUITES
+
+    for name in SUITES.names():
+        try:
+            questions = SUITES.get(name)(data_dir=args.data_dir).questions()
+        except UserError as exc:
+            print(f"{name:<11} unavailable: {exc}")
+            continue
+        tasks = Counter(q.task or q.category for q in questions)
+        unsafe = "  [executes model output when scored]" if SUITES.get(name).unsafe else ""
+        print(f"{name:<11} {len(questions):>5} questions: " + ", ".join(f"{t} {n}" for t, n in tasks.items()) + unsafe)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="harness", description="lossless speculative decoding harness")
@@ -222,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     report_parser = sub.add_parser("report", help="tables, plots and paper tables from result folders")
     report.add_arguments(report_parser)
     sub.add_parser("list", help="registered methods and suites")
+    suites_parser = sub.add_parser("suites", help="every suite with its record counts from the resolved data")
+    suites_parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
-                "export": _export, "report": lambda args, argv: report.run(args)}
+                "export": _export, "report": lambda args, argv: report.run(args),
+                "suites": _suites}
     try:
         handlers[args.command](args, argv)
     except UserError as exc:
