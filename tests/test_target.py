@@ -9,9 +9,10 @@ from tests.tiny import FAMILIES, tiny_target
 TREE = DraftTree(torch.tensor([5, 6, 7, 8, 9, 10]), torch.tensor([-1, 0, 0, 1, 1, 3]))
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tree_logits_equal_sequential_decoding_along_every_path(family):
-    target = tiny_target(family)
+def test_tree_logits_equal_sequential_decoding_along_every_path(family, attention):
+    target = tiny_target(family, attention=attention)
     prompt = torch.tensor([0, 11, 12, 13, 14])
     target.prefill(prompt)
     out = target.score_tree(TREE)

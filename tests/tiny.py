@@ -12,20 +12,22 @@ from harness.tree import DraftTree
 FAMILIES = ("llama", "qwen2")
 
 
-def tiny_model(family: str = "llama", vocab: int = 96, seed: int = 0, layers: int = 2):
+def tiny_model(family: str = "llama", vocab: int = 96, seed: int = 0, layers: int = 2, attention: str = "sdpa"):
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     config = LlamaConfig(**common) if family == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attention).eval()
     with torch.no_grad():  # sharper logits than the default init, so greedy text is not all ties
         model.get_output_embeddings().weight.mul_(8.0)
     return model
 
 
-def tiny_target(family: str = "llama", vocab: int = 96, seed: int = 0, max_len: int = 512) -> Target:
-    return Target(tiny_model(family, vocab, seed), tokenizer=None, model_id=f"tiny-{family}", max_len=max_len)
+def tiny_target(family: str = "llama", vocab: int = 96, seed: int = 0, max_len: int = 512,
+                attention: str = "sdpa") -> Target:
+    return Target(tiny_model(family, vocab, seed, attention=attention), tokenizer=None, model_id=f"tiny-{family}",
+                  max_len=max_len)
 
 
 class NoisyTreeDrafter(Drafter):
