@@ -1,0 +1,76 @@
+"""GSM8K (Cobbe et al., 2021): grade-school math; scored by final-answer exact match (REFERENCE §3.4).
+
+Variants: ``full`` (the 1319 test questions) and ``eagle80`` (the 80-question subset EAGLE and HASS
+report as "GSM8K", rebuilt from the test file by line number). The reference's final answer follows
+``####``; the model's is the last number in its answer (commas, ``$`` and trailing zeros ignored).
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.suite import SUITES, Question, Suite, read_jsonl
+
+URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl"
+# 0-based lines of test.jsonl in EAGLE question_id order (REFERENCE §3.4).
+EAGLE80 = (30, 754, 429, 1010, 1284, 953, 751, 954, 705, 993, 1029, 917, 20, 1057, 138, 127, 60, 387, 1163, 632,
+           457, 48, 618, 892, 368, 615, 1165, 184, 1139, 1220, 1059, 130, 671, 1269, 936, 831, 582, 777, 1276, 230,
+           790, 556, 237, 180, 1272, 631, 967, 23, 455, 913, 595, 1045, 80, 233, 231, 553, 82, 958, 945, 131, 473,
+           797, 511, 1181, 1120, 1104, 86, 509, 756, 1124, 510, 306, 934, 142, 134, 636, 350, 1153, 1016, 719)
+NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize(number: str) -> Fraction | None:
+    """'1,000.50' -> Fraction(2001, 2); None when the text is not a number."""
+    cleaned = number.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        return Fraction(cleaned)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def reference_answer(answer: str) -> Fraction | None:
+    _, sep, final = answer.rpartition("####")
+    return normalize(final.strip()) if sep else None
+
+
+def predicted_answer(text: str) -> Fraction | None:
+    numbers = NUMBER.findall(text)
+    return normalize(numbers[-1]) if numbers else None
+
+
+@SUITES.register("gsm8k")
+class GSM8K(Suite):
+    """GSM8K: 1319 test questions (variant eagle80: EAGLE's 80), final-answer accuracy."""
+
+    def __init__(self, data_dir: Path | None = None, categories=None, variant: str = "full") -> None:
+        super().__init__(data_dir)
+        if variant not in ("full", "eagle80"):
+            raise UserError(f"unknown gsm8k variant {variant!r} (full, eagle80)")
+        if categories and set(categories) - {"math"}:
+            raise UserError(f"unknown category {', '.join(sorted(set(categories) - {'math'}))} (valid: math)")
+        self.variant = variant
+
+    def questions(self) -> list[Question]:
+        path = self.data_file("gsm8k/test.jsonl", URL)
+        questions = []
+        for line, record in enumerate(read_jsonl(path)):
+            if "question" not in record or "answer" not in record:
+                raise UserError(f"{path}:{line + 1}: needs the fields question and answer")
+            questions.append(Question(id=str(line), category="math", turns=(record["question"],),
+                                      reference=record["answer"], task="gsm8k"))
+        return [questions[i] for i in EAGLE80] if self.variant == "eagle80" else questions
+
+    def score(self, question: Question, answers: list[str]) -> dict[str, float]:
+        expected = reference_answer(question.reference)
+        return {"accuracy": float(expected is not None and predicted_answer(answers[-1]) == expected)}
+
+
+@SUITES.register("gsm8k_eagle80", "gsm8k-eagle80")
+class GSM8KEagle80(GSM8K):
+    """GSM8K, EAGLE/HASS's 80-question subset (question ids are test.jsonl line numbers)."""
+
+    def __init__(self, data_dir: Path | None = None, categories=None) -> None:
+        super().__init__(data_dir, categories, variant="eagle80")
