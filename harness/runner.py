@@ -105,6 +105,9 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
         generate(target, drafter, verifier, prompt, max_new_tokens=min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
                  stop_ids=stops, sampling=sampling, rng=torch.Generator().manual_seed(plan.seed))
     scoring = not suite.unsafe or plan.allow_code_exec
+    if not scoring:
+        print(f"note: {suite.name} answers are not scored: scoring executes model output; "
+              f"pass --allow-code-exec to run it in the sandbox", file=sys.stderr)
     label = f"{suite.name} {drafter.name} T={sampling.temperature:g}"
     with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
                                           file=sys.stderr, dynamic_ncols=True) as bar:
