@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m harness run --methods vanilla,pld --suite specbench --limit 3 --max-new-tokens 64 --temperature 0
+	$(PY) -m harness run --methods vanilla,pld,eagle2 --suite specbench --limit 3 --max-new-tokens 64 --temperature 0 \
+		--out results/demo
+	$(PY) -m harness report --results results/demo --out reports/demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -43,3 +43,16 @@ def test_vanilla_and_pld_equal_transformers_greedy(smol):
     assert runs["vanilla"].tokens == reference.tolist()
     assert runs["pld"].tokens == runs["vanilla"].tokens
     assert len(runs["pld"].accept_lengths) < len(runs["vanilla"].accept_lengths)
+
+
+def test_the_committed_eagle2_draft_is_lossless_and_accepts_drafts(smol):
+    from methods.eagle2 import Eagle2
+
+    if not Eagle2.default_checkpoint(smol).exists():
+        pytest.skip("no committed eagle2 checkpoint")
+    prompt = chat.render(smol.tokenizer, [{"role": "user", "content": "Explain why the sky is blue in three sentences."}])
+    stops = chat.stop_ids(smol.tokenizer, smol.model.generation_config)
+    runs = {name: generate(smol, METHODS.get(name)(smol), Verifier(), prompt, max_new_tokens=64, stop_ids=stops,
+                           sampling=SamplingParams(), rng=torch.Generator()) for name in ("vanilla", "eagle2")}
+    assert runs["eagle2"].tokens == runs["vanilla"].tokens
+    assert len(runs["eagle2"].tokens) / len(runs["eagle2"].accept_lengths) > 1.5
