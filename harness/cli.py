@@ -132,6 +132,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=("cpu", "gpu"), default=None, help="default: gpu with CUDA, else cpu")
     p.add_argument("--set", action="append", default=[], help="trainer setting, e.g. epochs=3 (repeatable)")
     p.add_argument("--loss", action="append", default=[], help="loss option, e.g. topk_w=0 (repeatable)")
+    p.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (HASS stage 2)")
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
@@ -151,7 +152,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     method.loss_config(**loss)   # unknown loss options fail before anything loads
     target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto")
     data = FeatureData(args.data, max_len=config.max_len)
-    print(f"checkpoint: {trainer.train(method, target, data, args.out, config, loss)}")
+    print(f"checkpoint: {trainer.train(method, target, data, args.out, config, loss, init=args.init)}")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -200,15 +201,16 @@ def _list(args: argparse.Namespace, argv: list[str]) -> None:
     from harness.drafter import METHODS
     from harness.suite import SUITES
 
+    width = max(map(len, METHODS.names() + SUITES.names()))
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.get(name)
         aliases = METHODS.aliases(name)
         tag = "" if cls.lossless else "  [NOT LOSSLESS]"
-        print(f"  {name:<10} {cls.summary}{tag}" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
+        print(f"  {name:<{width}} {cls.summary}{tag}" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     print("suites:")
     for name in SUITES.names():
-        print(f"  {name:<10} {(SUITES.get(name).__doc__ or '').strip().splitlines()[0]}")
+        print(f"  {name:<{width}} {(SUITES.get(name).__doc__ or '').strip().splitlines()[0]}")
 
 
 def _suites(args: argparse.Namespace, argv: list[str]) -> None:

@@ -7,7 +7,9 @@ pass-1 keys at positions <= t - (j-1) and to pass-i keys (1 < i <= j) only at po
 i.e. to its own draft-made ancestors. This is a true causal softmax over the allowed keys (the
 HASS code's multiply-mask quirk is not reproduced). Losses per pass (REFERENCE §1.3.3, §1.4):
 v_w * SmoothL1(f̂, f) + p_w * CE(softmax(head f), log_softmax(head f̂)) + topk_w * top-K CE, averaged
-over passes. ``evaluate`` reports top-1 agreement with the target at each depth on held-out data.
+over passes. The net's ``split`` says which part of its output the LM head reads (CE, top-K) and which
+is regressed to f and fed to the next pass: the same tensor in EAGLE, two halves in FSPAD (§1.6.2).
+``evaluate`` reports top-1 agreement with the target at each depth on held-out data.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def aligned_passes(net: nn.Module, embeds: Tensor, features: Tensor, passes: int
         mask = aligned_mask(length, j, embeds.dtype, embeds.device)
         out = net(embeds, inputs, positions, mask, cache)
         outputs.append(out)
-        inputs = torch.cat([features[:, :1], out[:, :-1].detach()], dim=1)
+        inputs = torch.cat([features[:, :1], net.split(out)[1][:, :-1].detach()], dim=1)
     return outputs
 
 
@@ -91,9 +93,9 @@ class EagleObjective:
         target_p = target_logp.exp()
         total, logs = 0.0, {}
         for j, out in enumerate(self.predict(net, embeds, features, self.cfg.passes), 1):
-            draft = out[mask]
-            reg = F.smooth_l1_loss(draft, wanted, reduction="none").mean(-1).mean()
-            logq = torch.log_softmax(self.head(draft[sample]), dim=-1)
+            for_head, for_next = net.split(out)
+            reg = F.smooth_l1_loss(for_next[mask], wanted, reduction="none").mean(-1).mean()
+            logq = torch.log_softmax(self.head(for_head[mask][sample]), dim=-1)
             ce = -(target_p * logq).sum(-1).mean()
             loss = self.cfg.v_w * reg + self.cfg.p_w * ce
             if self.cfg.topk_w:
@@ -114,6 +116,6 @@ class EagleObjective:
             # Depth j needs j-1 earlier positions inside the sample; shorter contexts are not counted.
             usable = mask.clone()
             usable[:, : j - 1] = False
-            hits = (self.head(pred[usable]).argmax(-1) == self.head(target[usable]).argmax(-1)).sum()
+            hits = (self.head(net.split(pred)[0][usable]).argmax(-1) == self.head(target[usable]).argmax(-1)).sum()
             out[f"top1_depth{j}"] = (int(hits), int(usable.sum()))
         return out

@@ -65,6 +65,10 @@ class EagleNet(nn.Module):
         return self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache,
                               use_cache=cache is not None, position_embeddings=rope)
 
+    def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """Net output -> (features for the LM head, features fed to the next draft level); EAGLE uses one for both."""
+        return out, out
+
 
 def causal_mask(queries: int, offset: int, dtype: torch.dtype, device) -> Tensor:
     """[1, 1, q, offset + q] additive mask: query i sees keys 0 .. offset + i."""
@@ -177,13 +181,14 @@ class Eagle2(Drafter):
         """[n, H] draft features -> [n, V] log-probabilities (no temperature: drafts are top-k)."""
         return torch.log_softmax(self.target.lm_head(features).float(), dim=-1)
 
-    def grow(self, root: Tensor, root_feature: Tensor) -> DraftTree:
+    def grow(self, root: Tensor, root_out: Tensor) -> DraftTree:
         k, device, dtype = self.options.top_k, self.target.device, self.target.dtype
-        top = self.logprobs(root_feature[None])[0].topk(k)
+        for_head, for_next = self.net.split(root_out)
+        top = self.logprobs(for_head[None])[0].topk(k)
         rec_tokens, rec_scores = [top.indices], [top.values]
         rec_parents = [torch.full((k,), -1, device=device)]
         frontier_tokens, frontier_scores = top.indices, top.values
-        frontier_features = root_feature.expand(k, -1)
+        frontier_features = for_next.expand(k, -1)
         frontier_ids = torch.arange(k, device=device)
         ancestry = torch.zeros(k, 0, dtype=torch.bool, device=device)
         recorded = k
@@ -194,7 +199,8 @@ class Eagle2(Drafter):
             positions = torch.full((1, k), self.stable + level, device=device)
             out = self.net(self.target.embed(frontier_tokens)[None], frontier_features[None], positions,
                            additive(allowed, dtype), self.cache)[0]
-            top = self.logprobs(out).topk(k)                               # [k, k]
+            for_head, for_next = self.net.split(out)
+            top = self.logprobs(for_head).topk(k)                          # [k, k]
             scores = (frontier_scores[:, None] + top.values).flatten()    # cumulative log q of each path
             rec_tokens.append(top.indices.flatten())
             rec_scores.append(scores)
@@ -203,7 +209,7 @@ class Eagle2(Drafter):
             slot = best // k
             ancestry = torch.cat([ancestry[slot], eye[slot]], dim=1)
             frontier_tokens, frontier_scores = top.indices.flatten()[best], scores[best]
-            frontier_features = out[slot]
+            frontier_features = for_next[slot]
             frontier_ids = recorded + best
             recorded += k * k
         return self.select(root, torch.cat(rec_tokens), torch.cat(rec_scores), torch.cat(rec_parents))

@@ -48,11 +48,14 @@ PRESETS = {
 
 
 def train(method_cls, target: Target, data: FeatureData, out: Path, config: TrainConfig,
-          loss_options: dict | None = None) -> Path:
+          loss_options: dict | None = None, init: Path | None = None) -> Path:
+    """Train into ``out``; ``init`` starts from a checkpoint's weights (e.g. HASS's second stage)."""
     ckpt.check_fingerprint(data.fingerprint, target.fingerprint(), data.directory)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     net, objective = method_cls.training_setup(target, **(loss_options or {}))
+    if init is not None:
+        net.load_state_dict(method_cls.load_net(target, str(init)).state_dict())
     net = net.to(target.device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -96,13 +99,14 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
         state["evals"].append({"epoch": epoch + 1, "step": state["step"], **evaluation})
         logger.eval(state["evals"][-1])
         print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
-        _save(method_cls, net, target, out / f"epoch_{epoch + 1}", data, config, loss_options, state)
+        _save(method_cls, net, target, out / f"epoch_{epoch + 1}", data, config, loss_options, {**state, "init": init})
         torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "state": state}, state_path)
         if stopped_early:
             print(f"time budget of {config.time_budget_s:.0f} s reached")
             break
-    _save(method_cls, net, target, out, data, config, loss_options, {**state, "stopped_early": stopped_early})
+    _save(method_cls, net, target, out, data, config, loss_options,
+          {**state, "stopped_early": stopped_early, "init": init})
     logger.close()
     return out
 
@@ -128,6 +132,7 @@ def _save(method_cls, net, target: Target, where: Path, data: FeatureData, confi
                      "data_samples": len(data.samples), "data_answer_tokens": data.tokens(list(range(len(data.samples)))),
                      "datagen": data.manifest["settings"], "epochs_done": state["epoch"], "steps": state["step"],
                      "seconds": round(state["seconds"], 1), "stopped_early": state.get("stopped_early", False),
+                     "init": str(state["init"]) if state.get("init") else None,
                      "evals": state["evals"], "env": env.capture()},
     }
     ckpt.save(where, {k: v for k, v in net.state_dict().items()}, manifest)
