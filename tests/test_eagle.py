@@ -3,6 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.drafter import METHODS
 from harness.errors import UserError
 from harness.sampling import SamplingParams
 from methods import _eagle_io as eagle_io
@@ -11,37 +12,33 @@ from tests.tiny import tiny_target
 
 
 def sequential_logprob(drafter: Eagle2, prompt_features, prompt_tokens, root: int, path: list[int]) -> float:
-    """Cumulative draft log-probability of path below root, recomputed without cache or tree masks."""
-    features = list(prompt_features)
-    tokens = list(prompt_tokens) + [root]
-    total = 0.0
+    """Cumulative draft log-probability of path below root, recomputed without cache or tree masks
+    (the net's split: what the LM head reads, and what the next level is fed)."""
+    features, tokens, total = list(prompt_features), list(prompt_tokens) + [root], 0.0
     for token in path:
         n = len(tokens)
-        embeds = drafter.target.embed(torch.tensor(tokens))[None]
-        out = drafter.net(embeds, torch.stack(features)[None], torch.arange(n)[None], causal_mask(n, 0, torch.float32, "cpu"))[0]
-        total += float(drafter.logprobs(out[-1:])[0, token])
-        features.append(out[-1])
+        out = drafter.net(drafter.target.embed(torch.tensor(tokens))[None], torch.stack(features)[None],
+                          torch.arange(n)[None], causal_mask(n, 0, torch.float32, "cpu"))[0]
+        for_head, for_next = drafter.net.split(out[-1:])
+        total += float(drafter.logprobs(for_head)[0, token])
+        features.append(for_next[0])
         tokens.append(token)
     return total
 
 
-def test_tree_expansion_scores_equal_sequential_drafting():
+@pytest.mark.parametrize("method", ["eagle2", "hass", "fspad", "fspad-fs-only", "fspad-pad-only"])
+def test_tree_expansion_scores_equal_sequential_drafting(method):
     target = tiny_target("llama")
-    drafter = Eagle2(target, checkpoint="random", total_tokens=25, depth=3, top_k=3)
+    drafter = METHODS.get(method)(target, checkpoint="random", total_tokens=25, depth=3, top_k=3)
     prompt = torch.tensor([0, 7, 8, 9, 7, 8])
     out = target.prefill(prompt)
     drafter.start(prompt, out, SamplingParams())
     captured = {}
     real_select = drafter.select
-
-    def capture(root, tokens, scores, parents):
-        captured.update(tokens=tokens, scores=scores, parents=parents)
-        return real_select(root, tokens, scores, parents)
-
-    drafter.select = capture
+    drafter.select = lambda *args: captured.update(args=args) or real_select(*args)
     with torch.no_grad():
         tree = drafter.propose(torch.tensor(5))
-        tokens, scores, parents = captured["tokens"].tolist(), captured["scores"].tolist(), captured["parents"].tolist()
+        _, tokens, scores, parents = (a.tolist() if torch.is_tensor(a) else a for a in captured["args"])
         for node in range(0, len(tokens), 7):  # a spread of recorded nodes over all levels
             path, walk = [], node
             while walk >= 0:

@@ -39,42 +39,6 @@ def test_small_trees_match_plain_greedy(family, method):
     assert gen.tokens == hf_greedy(target.model, prompt, 24)
 
 
-def sequential_logprob(drafter, prompt_features, prompt_tokens, root: int, path: list[int]) -> float:
-    """Cumulative draft log-probability of path below root without cache or tree masks: the predict half
-    goes to the head, the regress half is the next level's feature."""
-    features, tokens, total = list(prompt_features), list(prompt_tokens) + [root], 0.0
-    for token in path:
-        n = len(tokens)
-        out = drafter.net(drafter.target.embed(torch.tensor(tokens))[None], torch.stack(features)[None],
-                          torch.arange(n)[None], causal_mask(n, 0, torch.float32, "cpu"))[0]
-        for_head, for_next = drafter.net.split(out[-1:])
-        total += float(drafter.logprobs(for_head)[0, token])
-        features.append(for_next[0])
-        tokens.append(token)
-    return total
-
-
-def test_fspad_tree_expansion_scores_equal_sequential_drafting():
-    target = tiny_target("llama")
-    drafter = Fspad(target, checkpoint="random", total_tokens=25, depth=3, top_k=3)
-    prompt = torch.tensor([0, 7, 8, 9, 7, 8])
-    out = target.prefill(prompt)
-    drafter.start(prompt, out, SamplingParams())
-    captured = {}
-    real_select = drafter.select
-    drafter.select = lambda *args: captured.update(args=args) or real_select(*args)
-    with torch.no_grad():
-        drafter.propose(torch.tensor(5))
-        _, tokens, scores, parents = (a.tolist() if torch.is_tensor(a) else a for a in captured["args"])
-        for node in range(0, len(tokens), 7):
-            path, walk = [], node
-            while walk >= 0:
-                path.insert(0, tokens[walk])
-                walk = parents[walk]
-            expected = sequential_logprob(drafter, out.hidden, prompt[1:].tolist(), 5, path)
-            assert abs(scores[node] - expected) < 1e-4
-
-
 def test_hass_reads_and_writes_the_eagle_layout(tmp_path):
     target = tiny_target("qwen2")
     net = Hass.load_net(target, "random")

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from harness import decode, runner
 from harness.cli import main
