@@ -83,7 +83,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         return "no results"
     shown = summary.copy()
     shown["lossless"] = shown["lossless"].map({True: "yes", False: "NOT LOSSLESS"})
-    return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="")
 
 
 # Estimators for reports (harness.report): paired baselines, intervals, acceptance shape, latency.
