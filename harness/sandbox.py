@@ -40,7 +40,7 @@ _root = os.path.realpath(os.getcwd()) + os.sep
 _open, _os_open = builtins.open, os.open
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 def _inside(path):
-    return isinstance(path, int) or os.path.realpath(os.fspath(path)).startswith(_root)
+    return isinstance(path, int) or os.path.realpath(os.fsdecode(path)).startswith(_root)
 def _refuse(*args, **kwargs):
     raise PermissionError("disabled in the sandbox")
 def _guarded_open(file, mode="r", *args, **kwargs):
@@ -109,7 +109,8 @@ def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> San
     if process.returncode == 0:
         return SandboxResult(True, "passed", text)
     if process.returncode < 0:
-        return SandboxResult(False, f"killed: {signal.Signals(-process.returncode).name}", text)
+        number = -process.returncode
+        return SandboxResult(False, f"killed: {signal.strsignal(number) or f'signal {number}'}", text)
     lines = text.strip().splitlines()
     last = lines[-1][-200:] if lines else f"exit code {process.returncode}"
     return SandboxResult(False, f"failed: {last}", text)

@@ -12,9 +12,10 @@ import json
 import os
 import urllib.request
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Sequence
 
 from harness.errors import UserError
 from harness.registry import Registry
@@ -103,3 +104,50 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             if not isinstance(record, dict):
                 raise UserError(f"{path}:{number}: expected a JSON object")
             yield record
+
+
+def check_categories(suite: str, categories: Sequence[str] | None, valid: Sequence[str]) -> None:
+    """Raise a UserError naming the valid choices when a selected category is not one of them."""
+    unknown = sorted(set(categories or ()) - set(valid))
+    if unknown:
+        raise UserError(f"unknown {suite} category {', '.join(unknown)} (valid: {', '.join(valid)})")
+
+
+def describe_suites(data_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Every registered suite with its question count and counts per task and category.
+
+    Each entry: ``name``, ``questions`` (None when the data is unavailable, then ``error`` says why),
+    ``tasks`` and ``categories`` (label -> count; a question without a task counts under its
+    category), ``unsafe`` (scoring executes model output).
+    """
+    rows = []
+    for name in SUITES.names():
+        cls = SUITES.get(name)
+        row: dict[str, Any] = {"name": name, "questions": None, "error": None, "tasks": {}, "categories": {},
+                               "unsafe": cls.unsafe}
+        try:
+            questions = cls(data_dir=data_dir).questions()
+        except UserError as exc:
+            row["error"] = str(exc)
+        else:
+            row["questions"] = len(questions)
+            row["tasks"] = dict(Counter(q.task or q.category for q in questions))
+            row["categories"] = dict(Counter(q.category for q in questions))
+        rows.append(row)
+    return rows
+
+
+def read_numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` of a .jsonl or .jsonl.gz file, blank lines skipped but counted."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object")
+            yield number, record

@@ -1,35 +1,40 @@
 """HumanEval (Chen et al., 2021): 164 problems, prompted as code completion, scored by pass@1 (REFERENCE §3.5).
 
 The turn is "Complete the code I provided." followed directly by the problem's prompt, as in the
-EAGLE-family evaluation sets. Scoring executes the answer against the problem's tests in
-harness.sandbox, so it needs the explicit opt-in ``--allow-code-exec`` (``unsafe``). A chat answer's
-code is the first fenced block if there is one; code that defines the entry point runs on its own
-(after the prompt's imports), anything else is treated as the body that continues the prompt.
+EAGLE-family evaluation sets. Scoring executes the answer against the problem's tests
+(``check(entry_point)``) in harness.sandbox, so the runner scores it only with the explicit opt-in
+``--allow-code-exec`` (``unsafe``). The code of a chat answer is its first fenced block if it has
+one (a block cut off by the token limit counts too), else the whole answer. Code that defines the
+entry point replaces the prompt's stub: it runs after the prompt, so the prompt's imports and helper
+functions (``poly``, ``encode_cyclic``, ...) exist. Anything else is the body that continues the prompt.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 from harness.errors import UserError
 from harness.sandbox import run_python
-from harness.suite import SUITES, Question, Suite, read_jsonl
+from harness.suite import SUITES, Question, Suite, check_categories, read_numbered_jsonl
 
 URL = "https://raw.githubusercontent.com/openai/human-eval/master/data/HumanEval.jsonl.gz"
 INSTRUCTION = "Complete the code I provided."
-FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 
 
-def program(problem: dict, answer: str) -> str:
-    """The Python file that passes iff the answer solves the problem."""
+def extract_code(answer: str) -> str:
+    """The first fenced code block of a chat answer, else the answer itself."""
     fenced = FENCE.search(answer)
-    code = fenced.group(1) if fenced else answer
-    if re.search(rf"^\s*def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.MULTILINE):
-        imports = "\n".join(l for l in problem["prompt"].splitlines() if l.startswith(("import ", "from ")))
-        body = imports + "\n" + code
-    else:
-        body = problem["prompt"] + code
+    return fenced.group(1) if fenced else answer
+
+
+def program(problem: dict, answer: str) -> str:
+    """The Python file that exits 0 iff the answer solves the problem."""
+    code = extract_code(answer)
+    defines_entry_point = re.search(rf"^def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.MULTILINE)
+    body = problem["prompt"] + ("\n\n" if defines_entry_point else "") + code
     return f"{body}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
@@ -39,15 +44,17 @@ class HumanEval(Suite):
 
     unsafe = True
 
-    def __init__(self, data_dir: Path | None = None, categories=None) -> None:
+    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None,
+                 timeout_s: float = 10.0, memory_mb: int = 1024) -> None:
         super().__init__(data_dir)
-        if categories and set(categories) - {"code"}:
-            raise UserError(f"unknown category {', '.join(sorted(set(categories) - {'code'}))} (valid: code)")
+        check_categories(self.name, categories, ("code",))
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
 
     def questions(self) -> list[Question]:
         path = self.data_file("humaneval/HumanEval.jsonl.gz", URL)
         questions = []
-        for line, record in enumerate(read_jsonl(path), 1):
+        for line, record in read_numbered_jsonl(path):
             missing = [f for f in FIELDS if f not in record]
             if missing:
                 raise UserError(f"{path}:{line}: missing field {', '.join(missing)}")
@@ -56,4 +63,5 @@ class HumanEval(Suite):
         return questions
 
     def score(self, question: Question, answers: list[str]) -> dict[str, float]:
-        return {"pass@1": float(run_python(program(question.reference, answers[-1])).passed)}
+        result = run_python(program(question.reference, answers[-1]), self.timeout_s, self.memory_mb)
+        return {"pass@1": float(result.passed)}

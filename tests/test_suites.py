@@ -6,16 +6,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness.errors import UserError
-from harness.suite import SUITES, Question, read_jsonl
+from harness.sandbox import run_python
+from harness.suite import SUITES, Question, describe_suites, read_jsonl
 from suites.gsm8k import predicted_answer, reference_answer
 from suites.humaneval import program
-from harness.sandbox import run_python
+
+TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 
 
 @pytest.mark.parametrize("name,count", [("specbench", 480), ("mtbench", 80), ("gsm8k", 1319), ("humaneval", 164),
                                         ("gsm8k_eagle80", 80)])
 def test_record_counts(shared_data, name, count):
-    assert len(SUITES.get(name)(data_dir=shared_data).questions()) == count
+    questions = SUITES.get(name)(data_dir=shared_data).questions()
+    assert len(questions) == count and len({q.id for q in questions}) == count
 
 
 def test_specbench_tasks_and_category_selection(shared_data):
@@ -23,35 +26,64 @@ def test_specbench_tasks_and_category_selection(shared_data):
     tasks = {}
     for q in questions:
         tasks[q.task] = tasks.get(q.task, 0) + 1
-    assert tasks == {t: 80 for t in ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")}
-    assert all(len(q.turns) == 2 for q in questions if q.task == "mt_bench")
-    writing = SUITES.get("specbench")(data_dir=shared_data, categories=["writing", "qa"]).questions()
-    assert len(writing) == 90
-    with pytest.raises(UserError, match="unknown category nope"):
-        SUITES.get("specbench")(data_dir=shared_data, categories=["nope"]).questions()
+    assert tasks == {t: 80 for t in TASKS}
+    mt = [q for q in questions if q.task == "mt_bench"]
+    assert {int(q.id) for q in mt} == set(range(81, 161)) and all(len(q.turns) == 2 for q in mt)
+    assert {q.category for q in mt} == {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
+                                        "humanities"}
+    selected = SUITES.get("specbench")(data_dir=shared_data, categories=["writing", "qa"]).questions()
+    assert len(selected) == 90 and {q.category for q in selected} == {"writing", "qa"}
+    assert len(SUITES.get("specbench")(data_dir=shared_data, categories=("mt_bench",)).questions()) == 80
 
 
 def test_mtbench_has_two_turns_everywhere(shared_data):
     questions = SUITES.get("mtbench")(data_dir=shared_data).questions()
-    assert all(len(q.turns) == 2 for q in questions) and {q.category for q in questions} >= {"writing", "coding"}
+    assert all(len(q.turns) == 2 and q.task == "mt_bench" for q in questions)
+    assert len(SUITES.get("mtbench")(data_dir=shared_data, categories=["coding"]).questions()) == 10
 
 
-def test_gsm8k_scores_references_right_and_shuffled_references_wrong(shared_data):
+@pytest.mark.parametrize("name", ["specbench", "mtbench", "gsm8k", "gsm8k_eagle80", "humaneval", "followeval"])
+def test_unknown_category_lists_the_valid_ones(name):
+    with pytest.raises(UserError, match=r"unknown .*category nope \(valid: "):
+        SUITES.get(name)(data_dir=None, categories=["nope"])
+
+
+def derangement(values: list) -> list[int]:
+    """A permutation p with values[p[i]] != values[i] for every i."""
+    order = list(range(len(values)))
+    rng = random.Random(0)
+    rng.shuffle(order)
+    clashes = [i for i in order if values[order[i]] == values[i]]
+    while clashes:
+        for i in clashes:
+            j = rng.randrange(len(order))
+            order[i], order[j] = order[j], order[i]
+        clashes = [i for i in range(len(order)) if values[order[i]] == values[i]]
+    return order
+
+
+def test_gsm8k_scores_references_right_and_deranged_references_wrong(shared_data):
     suite = SUITES.get("gsm8k")(data_dir=shared_data)
     questions = suite.questions()
     assert sum(suite.score(q, [q.reference])["accuracy"] for q in questions) == len(questions)
-    answers = [reference_answer(q.reference) for q in questions]
-    order = list(range(len(questions)))
-    random.Random(0).shuffle(order)
-    # a derangement whose final answers all differ from the question's own
-    wrong = [next(j for j in order[i:] + order[:i] if answers[j] != answers[i]) for i in range(len(questions))]
+    wrong = derangement([reference_answer(q.reference) for q in questions])
+    assert sorted(wrong) == list(range(len(questions)))
     assert sum(suite.score(q, [questions[j].reference])["accuracy"] for q, j in zip(questions, wrong)) == 0
 
 
 @pytest.mark.parametrize("text,value", [("so the answer is $1,200.", 1200), ("-3 apples", -3), ("5.0 km", 5),
-                                        ("no number", None)])
+                                        ("no number", None), ("from 10-15 cars", 15), ("it is -$4.50.", -4.5),
+                                        ("3 + 4 = 7\nSo 1,000,000 dollars", 1_000_000)])
 def test_gsm8k_answer_extraction(text, value):
     assert predicted_answer(text) == value
+
+
+def test_gsm8k_eagle80_subset_is_reference_line_order(shared_data):
+    questions = SUITES.get("gsm8k_eagle80")(data_dir=shared_data).questions()
+    full = SUITES.get("gsm8k")(data_dir=shared_data, variant="eagle80").questions()
+    assert [q.id for q in questions][:3] == ["30", "754", "429"] and questions == full
+    with pytest.raises(UserError, match="variant"):
+        SUITES.get("gsm8k")(data_dir=shared_data, variant="tiny")
 
 
 def test_humaneval_canonical_solutions_all_pass(shared_data):
@@ -63,12 +95,22 @@ def test_humaneval_canonical_solutions_all_pass(shared_data):
     assert not failed, failed
 
 
-def test_humaneval_broken_and_fenced_answers(shared_data):
-    suite = SUITES.get("humaneval")(data_dir=shared_data)
-    question = suite.questions()[0]
-    assert suite.score(question, ["    return False\n"]) == {"pass@1": 0.0}
-    full = question.reference["prompt"] + question.reference["canonical_solution"]
-    assert suite.score(question, [f"Here you go:\n```python\n{full}\n```\nDone."]) == {"pass@1": 1.0}
+def test_humaneval_answer_forms(shared_data):
+    suite = SUITES.get("humaneval")(data_dir=shared_data, timeout_s=2)
+    assert suite.unsafe
+    questions = {q.id: q for q in suite.questions()}
+    first = questions["HumanEval/0"]
+    assert first.turns[0] == "Complete the code I provided." + first.reference["prompt"]
+    full = first.reference["prompt"] + first.reference["canonical_solution"]
+    assert suite.score(first, ["    return False\n"]) == {"pass@1": 0.0}
+    assert suite.score(first, [first.reference["canonical_solution"]]) == {"pass@1": 1.0}
+    assert suite.score(first, [f"Here you go:\n```python\n{full}\n```\nDone."]) == {"pass@1": 1.0}
+    assert suite.score(first, [f"```python\n{full}"]) == {"pass@1": 1.0}  # cut off before the closing fence
+    assert suite.score(first, ["    while True:\n        pass\n"]) == {"pass@1": 0.0}
+    # a standalone definition may call the prompt's helper (poly) without repeating it
+    zero = questions["HumanEval/32"]
+    standalone = "def find_zero(xs: list):\n" + zero.reference["canonical_solution"]
+    assert "def poly" not in standalone and suite.score(zero, [f"```py\n{standalone}\n```"]) == {"pass@1": 1.0}
 
 
 def write_followeval(root, records):
@@ -80,17 +122,33 @@ def test_followeval_adapter_scores_rules(tmp_path):
     write_followeval(tmp_path, [
         {"id": 1, "lang": "en", "instruction": "Answer in one word: capital of France?", "dimensions": ["constraints"],
          "regex": "^paris\\.?$", "regex_mode": "fullmatch", "flags": "i"},
-        {"id": 2, "lang": "zh", "instruction": "用三个字回答", "dimensions": ["constraints"], "regex": "^.{3}$"}])
+        {"id": 2, "lang": "zh", "instruction": "用三个字回答", "dimensions": ["constraints"], "regex": "^.{3}$"},
+        {"id": 3, "lang": "en", "instruction": "Mention a prime below 5.", "regex": r"\b[23]\b"}])
     suite = SUITES.get("followeval")(data_dir=tmp_path)
-    first, second = suite.questions()
-    assert suite.score(first, ["Paris."]) == {"accuracy": 1.0}
+    first, second, third = suite.questions()
+    assert (first.turns, first.category, first.id) == (("Answer in one word: capital of France?",), "en", "1")
+    assert suite.score(first, ["  Paris.\n"]) == {"accuracy": 1.0}
     assert suite.score(first, ["It is Paris"]) == {"accuracy": 0.0}
     assert suite.score(second, ["北京市"]) == {"accuracy": 1.0}
+    assert suite.score(third, ["Take 3, for example."]) == {"accuracy": 1.0}
+    assert suite.score(third, ["Seven."]) == {"accuracy": 0.0}
     assert [q.id for q in SUITES.get("followeval")(data_dir=tmp_path, categories=["zh"]).questions()] == ["2"]
 
 
+def test_followeval_bad_records_name_file_line_and_field(tmp_path):
+    write_followeval(tmp_path, [{"id": 1, "lang": "en", "instruction": "x", "regex": "a"},
+                                {"id": 2, "lang": "en", "regex": "a"}])
+    with pytest.raises(UserError, match=r"followeval.jsonl:2: missing field instruction"):
+        SUITES.get("followeval")(data_dir=tmp_path).questions()
+    for bad, message in (({"lang": "fr"}, "lang must be"), ({"regex": "("}, "bad regex"),
+                         ({"regex_mode": "partial"}, "regex_mode"), ({"flags": "x"}, "flags")):
+        write_followeval(tmp_path, [{"id": 1, "lang": "en", "instruction": "x", "regex": "a", **bad}])
+        with pytest.raises(UserError, match=rf"followeval.jsonl:1: {message}"):
+            SUITES.get("followeval")(data_dir=tmp_path).questions()
+
+
 def test_followeval_without_data_says_it_is_not_public(tmp_path):
-    with pytest.raises(UserError, match="not public"):
+    with pytest.raises(UserError, match=r"not public.*followeval/followeval.jsonl"):
         SUITES.get("followeval")(data_dir=tmp_path).questions()
 
 
@@ -99,13 +157,30 @@ def test_malformed_lines_and_missing_fields_name_file_and_line(tmp_path):
     bad.parent.mkdir()
     bad.write_text('{"question_id": 1, "category": "qa", "turns": ["hi"]}\n{"question_id": 2, oops}\n')
     with pytest.raises(UserError, match=r"question.jsonl:2: not valid JSON"):
-        list(read_jsonl(bad))
+        SUITES.get("specbench")(data_dir=tmp_path).questions()
     bad.write_text('{"question_id": 1, "category": "qa"}\n')
     with pytest.raises(UserError, match=r"question.jsonl:1: missing field turns"):
         SUITES.get("specbench")(data_dir=tmp_path).questions()
+    gsm = tmp_path / "gsm8k" / "test.jsonl"
+    gsm.parent.mkdir()
+    gsm.write_text('{"question": "1+1?", "answer": "#### 2"}\n\n{"question": "2+2?"}\n')
+    with pytest.raises(UserError, match=r"test.jsonl:3: missing field answer"):
+        SUITES.get("gsm8k")(data_dir=tmp_path).questions()
+    gsm.write_text('{"question": "1+1?", "answer": "#### 2"}\n\n{"question": "2+2?", "answer": "#### 4"}\n')
+    assert [q.id for q in SUITES.get("gsm8k")(data_dir=tmp_path).questions()] == ["0", "2"]  # ids are line numbers
+    assert [r["answer"] for r in read_jsonl(gsm)] == ["#### 2", "#### 4"]
 
 
 def test_a_missing_data_file_says_how_to_provide_it(tmp_path):
     with pytest.raises(UserError, match="--data-dir"):
         SUITES.get("mtbench")(data_dir=tmp_path).questions()
     assert Question(id="x", category="c", turns=("t",)).task == ""
+
+
+def test_describe_suites(shared_data):
+    rows = {row["name"]: row for row in describe_suites(shared_data)}
+    assert {"specbench", "mtbench", "gsm8k", "gsm8k_eagle80", "humaneval", "followeval"} <= set(rows)
+    assert rows["specbench"]["questions"] == 480 and rows["specbench"]["tasks"] == {t: 80 for t in TASKS}
+    assert rows["mtbench"]["categories"]["writing"] == 10 and rows["gsm8k"]["questions"] == 1319
+    assert rows["humaneval"]["unsafe"] and not rows["gsm8k"]["unsafe"]
+    assert rows["followeval"]["questions"] is None and "not public" in rows["followeval"]["error"]
