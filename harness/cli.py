@@ -214,19 +214,15 @@ def _list(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def _suites(args: argparse.Namespace, argv: list[str]) -> None:
-    from collections import Counter
+    from harness.suite import describe_suites
 
-    from harness.suite import SUITES
-
-    for name in SUITES.names():
-        try:
-            questions = SUITES.get(name)(data_dir=args.data_dir).questions()
-        except UserError as exc:
-            print(f"{name:<11} unavailable: {exc}")
+    for row in describe_suites(args.data_dir):
+        if row["questions"] is None:
+            print(f"{row['name']:<11} unavailable: {row['error']}")
             continue
-        tasks = Counter(q.task or q.category for q in questions)
-        unsafe = "  [executes model output when scored]" if SUITES.get(name).unsafe else ""
-        print(f"{name:<11} {len(questions):>5} questions: " + ", ".join(f"{t} {n}" for t, n in tasks.items()) + unsafe)
+        unsafe = "  [executes model output when scored]" if row["unsafe"] else ""
+        tasks = ", ".join(f"{t} {n}" for t, n in row["tasks"].items())
+        print(f"{row['name']:<11} {row['questions']:>5} questions: {tasks}{unsafe}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,18 +92,8 @@ def resolve_data_file(relative: str, url: str | None, data_dir: Path | None) -> 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Records of a .jsonl or .jsonl.gz file; a malformed line is reported with its file and line number."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object")
-            yield record
+    for _, record in read_numbered_jsonl(path):
+        yield record
 
 
 def check_categories(suite: str, categories: Sequence[str] | None, valid: Sequence[str]) -> None:
