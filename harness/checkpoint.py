@@ -18,18 +18,21 @@ FINGERPRINT_KEYS = ("vocab_size", "hidden_size", "model_type")
 
 def save(directory: Path, tensors: dict[str, torch.Tensor], config: dict, dtype: torch.dtype = torch.bfloat16) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in tensors.items()}, str(directory / "model.safetensors"))
+    # Integer buffers (e.g. CORAL's token order) keep their dtype; float weights are stored in ``dtype``.
+    save_file({k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+               for k, v in tensors.items()}, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def load(directory: str | Path, method: str, fingerprint: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and config of a harness checkpoint made for this method and this target."""
+def load(directory: str | Path, method: str, fingerprint: dict,
+         also: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and config of a harness checkpoint made for this method (or one in ``also``) and this target."""
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file() or not (directory / "model.safetensors").is_file():
         raise UserError(f"{directory} is not a draft checkpoint (needs config.json and model.safetensors)")
     config = json.loads(config_path.read_text())
-    if config.get("method") not in (method, *config.get("compatible_methods", [])):
+    if config.get("method") not in (method, *also, *config.get("compatible_methods", [])):
         raise UserError(f"{directory} is a {config.get('method')!r} checkpoint, not {method!r}")
     check_fingerprint(config.get("target", {}), fingerprint, directory)
     return load_file(str(directory / "model.safetensors")), config

@@ -27,10 +27,12 @@ def is_released_layout(directory: Path) -> bool:
     return config_path.is_file() and "method" not in json.loads(config_path.read_text())
 
 
-def read_checkpoint(directory: Path, method: str, fingerprint: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors (EAGLE key names, no embedding) and a harness config, from either checkpoint layout."""
+def read_checkpoint(directory: Path, method: str, fingerprint: dict,
+                    also: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (EAGLE key names, no embedding) and a harness config, from either checkpoint layout;
+    ``also`` names other methods whose harness checkpoints are accepted (warm starts)."""
     if not is_released_layout(directory):
-        return ckpt.load(directory, method, fingerprint)
+        return ckpt.load(directory, method, fingerprint, also)
     config = json.loads((directory / "config.json").read_text())
     if (directory / "model.safetensors").is_file():
         tensors = load_file(str(directory / "model.safetensors"))

@@ -92,7 +92,8 @@ class EagleObjective:
             target_logp = torch.log_softmax(self.head(wanted[sample]), dim=-1)
         target_p = target_logp.exp()
         total, logs = 0.0, {}
-        for j, out in enumerate(self.predict(net, embeds, features, self.cfg.passes), 1):
+        outputs = self.predict(net, embeds, features, self.cfg.passes)
+        for j, out in enumerate(outputs, 1):
             for_head, for_next = net.split(out)
             reg = F.smooth_l1_loss(for_next[mask], wanted, reduction="none").mean(-1).mean()
             logq = torch.log_softmax(self.head(for_head[mask][sample]), dim=-1)
@@ -104,8 +105,17 @@ class EagleObjective:
             total = total + loss / self.cfg.passes
             logs[f"reg{j}"], logs[f"ce{j}"] = reg.item(), ce.item()
             logs[f"acc{j}"] = float((logq.argmax(-1) == target_logp.argmax(-1)).float().mean())
+        extra, extra_logs = self.cross_pass_loss(net, outputs, mask, sample, target_logp.argmax(-1))
+        total = total + extra
+        logs.update(extra_logs)
         logs["loss"] = total.item()
         return total, logs
+
+    def cross_pass_loss(self, net: nn.Module, outputs: list[Tensor], mask: Tensor, sample: Tensor,
+                        target_top: Tensor) -> tuple[Tensor | float, dict[str, float]]:
+        """Terms that look at all passes together (CORAL's); none in EAGLE and HASS. ``outputs[j][mask][sample]``
+        are the positions whose target top-1 token is ``target_top``."""
+        return 0.0, {}
 
     @torch.no_grad()
     def evaluate(self, net: nn.Module, batch: Batch, depths: int) -> dict[str, tuple[float, int]]:

@@ -87,6 +87,7 @@ class Eagle2(Drafter):
     Options = EagleOptions
     needs_checkpoint = True
     net_class = EagleNet
+    reads_checkpoints_of: tuple[str, ...] = ()   # other method names whose checkpoints this class loads as is
 
     def __init__(self, target: Target, checkpoint: str | None = None, **options) -> None:
         super().__init__(target, checkpoint, **options)
@@ -116,7 +117,7 @@ class Eagle2(Drafter):
             if not where.exists():
                 raise UserError(f"{cls.name} needs a trained draft for {target.model_id!r}: pass --checkpoint "
                                 f"{cls.name}=DIR (train one: python -m harness train --method {cls.name})")
-            tensors, config = eagle_io.read_checkpoint(where, cls.name, target.fingerprint())
+            tensors, config = eagle_io.read_checkpoint(where, cls.name, target.fingerprint(), cls.reads_checkpoints_of)
             net = cls.build_net(target, config)
             missing, unexpected = net.load_state_dict(tensors, strict=False)
             if missing or unexpected:
@@ -132,20 +133,43 @@ class Eagle2(Drafter):
     # ---- training (harness/train/trainer.py calls these) --------------------------------------------
 
     loss_defaults: EagleLoss = EagleLoss()
+    objective_class: type[EagleObjective] = EagleObjective
+    # Drafts with EAGLE-2's network whose harness checkpoints can start a training run (--init).
+    warm_start_family: tuple[str, ...] = ("eagle2", "hass", "coral")
 
     @classmethod
     def loss_config(cls, **overrides) -> dict:
         try:
             return dataclasses.asdict(dataclasses.replace(cls.loss_defaults, **overrides))
         except TypeError as exc:
-            valid = ", ".join(f.name for f in dataclasses.fields(EagleLoss))
+            valid = ", ".join(f.name for f in dataclasses.fields(cls.loss_defaults))
             raise UserError(f"unknown loss option for {cls.name}: {exc} (valid: {valid})") from exc
 
     @classmethod
-    def training_setup(cls, target: Target, **loss_overrides) -> tuple[nn.Module, EagleObjective]:
+    def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[nn.Module, EagleObjective]:
+        loss = type(cls.loss_defaults)(**cls.loss_config(**loss_overrides))
         net = cls.build_net(target).to(device=target.device, dtype=torch.float32)
-        objective = EagleObjective(target.embed, target.lm_head, EagleLoss(**cls.loss_config(**loss_overrides)))
-        return net, objective
+        return net, cls.objective_class(target.embed, target.lm_head, loss)
+
+    @classmethod
+    def warm_start(cls, net: nn.Module, target: Target, init: Path) -> None:
+        """Start training from a checkpoint of this method or of an EAGLE-2-network sibling (the HASS
+        two-stage schedule, or continuing a committed EAGLE-2 draft under another objective)."""
+        tensors, _ = eagle_io.read_checkpoint(Path(init), cls.name, target.fingerprint(), also=cls.warm_start_family)
+        state = cls.adapt_warm_start(net, {k: v.float() for k, v in tensors.items()})
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - set(cls.fresh_keys(net)):
+            raise UserError(f"{init} cannot start {cls.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    @classmethod
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Map a sibling's weights onto this method's net; EAGLE-2's network needs no mapping."""
+        return tensors
+
+    @classmethod
+    def fresh_keys(cls, net: nn.Module) -> list[str]:
+        """Parameters a warm start may leave at their initial values (parts the sibling lacks)."""
+        return []
 
     @classmethod
     def architecture(cls, net: nn.Module) -> dict:
@@ -177,17 +201,20 @@ class Eagle2(Drafter):
         self.cache.keep(self.stable, torch.arange(0, device=device))   # drop the expansion entries
         return tree
 
-    def logprobs(self, features: Tensor) -> Tensor:
-        """[n, H] draft features -> [n, V] log-probabilities (no temperature: drafts are top-k)."""
-        return torch.log_softmax(self.target.lm_head(features).float(), dim=-1)
+    def top_tokens(self, features: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """[n, H] draft features -> the k best (log-probabilities, token ids), each [n, k]; no temperature,
+        since drafts are top-k. CORAL overrides this to score only part of the vocabulary."""
+        top = torch.log_softmax(self.target.lm_head(features).float(), dim=-1).topk(k)
+        return top.values, top.indices
 
     def grow(self, root: Tensor, root_out: Tensor) -> DraftTree:
         k, device, dtype = self.options.top_k, self.target.device, self.target.dtype
         for_head, for_next = self.net.split(root_out)
-        top = self.logprobs(for_head[None])[0].topk(k)
-        rec_tokens, rec_scores = [top.indices], [top.values]
+        top_scores, top_ids = self.top_tokens(for_head[None], k)
+        top_scores, top_ids = top_scores[0], top_ids[0]
+        rec_tokens, rec_scores = [top_ids], [top_scores]
         rec_parents = [torch.full((k,), -1, device=device)]
-        frontier_tokens, frontier_scores = top.indices, top.values
+        frontier_tokens, frontier_scores = top_ids, top_scores
         frontier_features = for_next.expand(k, -1)
         frontier_ids = torch.arange(k, device=device)
         ancestry = torch.zeros(k, 0, dtype=torch.bool, device=device)
@@ -200,15 +227,15 @@ class Eagle2(Drafter):
             out = self.net(self.target.embed(frontier_tokens)[None], frontier_features[None], positions,
                            additive(allowed, dtype), self.cache)[0]
             for_head, for_next = self.net.split(out)
-            top = self.logprobs(for_head).topk(k)                          # [k, k]
-            scores = (frontier_scores[:, None] + top.values).flatten()    # cumulative log q of each path
-            rec_tokens.append(top.indices.flatten())
+            top_scores, top_ids = self.top_tokens(for_head, k)                # [k, k]
+            scores = (frontier_scores[:, None] + top_scores).flatten()        # cumulative log q of each path
+            rec_tokens.append(top_ids.flatten())
             rec_scores.append(scores)
             rec_parents.append(frontier_ids.repeat_interleave(k))
             best = scores.topk(k).indices
             slot = best // k
             ancestry = torch.cat([ancestry[slot], eye[slot]], dim=1)
-            frontier_tokens, frontier_scores = top.indices.flatten()[best], scores[best]
+            frontier_tokens, frontier_scores = top_ids.flatten()[best], scores[best]
             frontier_features = for_next[slot]
             frontier_ids = recorded + best
             recorded += k * k

@@ -118,6 +118,29 @@ class Fspad(Eagle2):
                 "feature_sampling": net.feature_sampling, "partial_alignment": net.partial_alignment}
 
     @classmethod
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """EAGLE-2-network weights (an eagle2/hass/coral draft) -> this net, computing the same function at the
+        start: FS's fc is EAGLE's fc and its gated residual starts at zero (``fc.mlp.down_proj`` = 0); PAD's
+        2H-wide ``down_proj`` is EAGLE's stacked twice, so both halves start as EAGLE's output."""
+        if any(key.startswith("fc.fc.") for key in tensors):     # already an FSPAD-family checkpoint
+            return tensors
+        state = {k: v for k, v in tensors.items() if not k.startswith("fc.")}
+        fc = {k.removeprefix("fc."): v for k, v in tensors.items() if k.startswith("fc.")}
+        if net.feature_sampling:
+            state.update({f"fc.fc.{k}": v for k, v in fc.items()})
+            state["fc.mlp.down_proj.weight"] = torch.zeros_like(net.fc.mlp.down_proj.weight)
+        else:
+            state.update({f"fc.{k}": v for k, v in fc.items()})
+        if net.partial_alignment:
+            down = state["layers.0.mlp.down_proj.weight"]
+            state["layers.0.mlp.down_proj.weight"] = torch.cat([down, down], dim=0)
+        return state
+
+    @classmethod
+    def fresh_keys(cls, net: nn.Module) -> list[str]:
+        return [k for k in net.state_dict() if k.startswith(("fc.mlp.", "fc.post_attention_layernorm.", "fc.fc.bias"))]
+
+    @classmethod
     def export(cls, net: nn.Module, target: Target, out: Path, flavor: str) -> Path:
         raise UserError(f"{cls.name} drafts cannot be exported: vLLM and SGLang have no FSPAD model class "
                         f"(REFERENCE §1.6.1); use them with this harness")

@@ -238,11 +238,15 @@ class Medusa(Drafter):
             raise UserError(f"unknown loss option for medusa: {exc} (valid: {valid})") from exc
 
     @classmethod
-    def training_setup(cls, target: Target, **loss_overrides) -> tuple[MedusaNet, MedusaObjective]:
+    def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[MedusaNet, MedusaObjective]:
         cfg = MedusaLoss(**cls.loss_config(**loss_overrides))
         arch = {"heads": cfg.heads, "layers": cfg.layers, "share_lm_head": cfg.share_lm_head}
         net = cls.build_net(target, arch).to(device=target.device, dtype=torch.float32)
         return net, MedusaObjective(target.lm_head, cfg)
+
+    @classmethod
+    def warm_start(cls, net: MedusaNet, target: Target, init: Path) -> None:
+        net.load_state_dict(cls.load_net(target, str(init)).state_dict())
 
     @classmethod
     def architecture(cls, net: MedusaNet) -> dict:

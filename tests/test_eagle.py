@@ -20,7 +20,7 @@ def sequential_logprob(drafter: Eagle2, prompt_features, prompt_tokens, root: in
         out = drafter.net(drafter.target.embed(torch.tensor(tokens))[None], torch.stack(features)[None],
                           torch.arange(n)[None], causal_mask(n, 0, torch.float32, "cpu"))[0]
         for_head, for_next = drafter.net.split(out[-1:])
-        total += float(drafter.logprobs(for_head)[0, token])
+        total += float(torch.log_softmax(drafter.target.lm_head(for_head), dim=-1)[0, token])
         features.append(for_next[0])
         tokens.append(token)
     return total

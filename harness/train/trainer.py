@@ -49,13 +49,14 @@ PRESETS = {
 
 def train(method_cls, target: Target, data: FeatureData, out: Path, config: TrainConfig,
           loss_options: dict | None = None, init: Path | None = None) -> Path:
-    """Train into ``out``; ``init`` starts from a checkpoint's weights (e.g. HASS's second stage)."""
+    """Train into ``out``; ``init`` starts from a checkpoint's weights (HASS's second stage, or a sibling
+    method's draft: the method's ``warm_start`` says which checkpoints it can start from)."""
     ckpt.check_fingerprint(data.fingerprint, target.fingerprint(), data.directory)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    net, objective = method_cls.training_setup(target, **(loss_options or {}))
+    net, objective = method_cls.training_setup(target, data, **(loss_options or {}))
     if init is not None:
-        net.load_state_dict(method_cls.load_net(target, str(init)).state_dict())
+        method_cls.warm_start(net, target, init)
     net = net.to(target.device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
