@@ -47,3 +47,18 @@ def test_datagen_train_resume_and_load(shared_data, tmp_path):
     gen = generate(target, drafter, Verifier(), prompt, max_new_tokens=20, stop_ids=frozenset({1}),
                    sampling=SamplingParams(), rng=torch.Generator())
     assert gen.tokens == hf_greedy(target.model, prompt, 20)
+
+
+def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")        # 11 training samples: 3 steps per epoch at batch 4
+    settings = trainer.TrainConfig(epochs=5, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=1,
+                                   max_steps=4)
+    out = trainer.train(Eagle2, target, data, tmp_path / "draft", settings)
+    rows = (out / "train_log.csv").read_text().splitlines()[1:]
+    assert len(rows) == 4 and float(rows[-1].split(",")[2]) == 0.0
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["steps"] == 4 and training["stopped_early"] and training["epochs_done"] == 2

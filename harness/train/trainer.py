@@ -38,6 +38,8 @@ class TrainConfig:
     eval_depths: int = 5
     seed: int = 0
     time_budget_s: float | None = None   # stop at the next batch after this many seconds
+    max_steps: int | None = None         # stop after this many optimizer steps; the schedule decays to zero there
+                                         # (a compute budget that, unlike seconds, does not depend on machine load)
 
 
 PRESETS = {
@@ -62,7 +64,7 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     train_ids, held_out = data.split(config.holdout, config.seed)
     steps_per_epoch = -(-len(train_ids) // config.batch_size)
-    total_steps = max(1, steps_per_epoch * config.epochs)
+    total_steps = max(1, min(steps_per_epoch * config.epochs, config.max_steps or steps_per_epoch * config.epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
         (step + 1) / config.warmup_steps, max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))))
     out.mkdir(parents=True, exist_ok=True)
@@ -92,8 +94,9 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
             state["step"] += 1
             logger.step({"step": state["step"], "epoch": epoch + 1, "lr": schedule.get_last_lr()[0],
                          "seconds": round(time.perf_counter() - started, 1), **logs})
-            if config.time_budget_s and time.perf_counter() - started > config.time_budget_s:
-                stopped_early = True
+            over_time = config.time_budget_s and time.perf_counter() - started > config.time_budget_s
+            if over_time or state["step"] >= total_steps:
+                stopped_early = state["step"] < steps_per_epoch * config.epochs
                 break
         evaluation = _evaluate(objective, net, data, held_out, config, target.device)
         state.update(epoch=epoch + 1, seconds=time.perf_counter() - started)
@@ -104,7 +107,7 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
         torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "state": state}, state_path)
         if stopped_early:
-            print(f"time budget of {config.time_budget_s:.0f} s reached")
+            print(f"budget reached after {state['step']} steps, {state['seconds']:.0f} s")
             break
     _save(method_cls, net, target, out, data, config, loss_options,
           {**state, "stopped_early": stopped_early, "init": init})
