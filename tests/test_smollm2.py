@@ -45,14 +45,23 @@ def test_vanilla_and_pld_equal_transformers_greedy(smol):
     assert len(runs["pld"].accept_lengths) < len(runs["vanilla"].accept_lengths)
 
 
-def test_the_committed_eagle2_draft_is_lossless_and_accepts_drafts(smol):
-    from methods.eagle2 import Eagle2
-
-    if not Eagle2.default_checkpoint(smol).exists():
-        pytest.skip("no committed eagle2 checkpoint")
+@pytest.fixture(scope="module")
+def sky_blue_vanilla(smol):
     prompt = chat.render(smol.tokenizer, [{"role": "user", "content": "Explain why the sky is blue in three sentences."}])
     stops = chat.stop_ids(smol.tokenizer, smol.model.generation_config)
-    runs = {name: generate(smol, METHODS.get(name)(smol), Verifier(), prompt, max_new_tokens=64, stop_ids=stops,
-                           sampling=SamplingParams(), rng=torch.Generator()) for name in ("vanilla", "eagle2")}
-    assert runs["eagle2"].tokens == runs["vanilla"].tokens
-    assert len(runs["eagle2"].tokens) / len(runs["eagle2"].accept_lengths) > 1.5
+    gen = generate(smol, METHODS.get("vanilla")(smol), Verifier(), prompt, max_new_tokens=64, stop_ids=stops,
+                   sampling=SamplingParams(), rng=torch.Generator())
+    return prompt, stops, gen.tokens
+
+
+@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.5), ("hass", 1.5), ("fspad", 1.5), ("coral", 1.5),
+                                             ("coral-fullhead", 1.5), ("medusa", 1.2)])
+def test_every_committed_draft_is_lossless_and_accepts_drafts(smol, sky_blue_vanilla, method, min_tau):
+    cls = METHODS.get(method)
+    if not cls.default_checkpoint(smol).exists():
+        pytest.skip(f"no committed {method} checkpoint")
+    prompt, stops, reference = sky_blue_vanilla
+    gen = generate(smol, cls(smol), Verifier(), prompt, max_new_tokens=64, stop_ids=stops,
+                   sampling=SamplingParams(), rng=torch.Generator())
+    assert gen.tokens == reference
+    assert len(gen.tokens) / len(gen.accept_lengths) > min_tau
