@@ -54,8 +54,10 @@ def sky_blue_vanilla(smol):
     return prompt, stops, gen.tokens
 
 
-@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.5), ("hass", 1.5), ("fspad", 1.5), ("coral", 1.5),
-                                             ("coral-fullhead", 1.5), ("medusa", 1.2)])
+# Measured on this prompt with the committed drafts: 1.49-1.56 for the EAGLE family, 1.21 for Medusa; a
+# draft that no longer fits its target (or a broken tree) falls to ~1.0.
+@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.3), ("hass", 1.3), ("fspad", 1.3), ("coral", 1.3),
+                                             ("coral-fullhead", 1.3), ("medusa", 1.1)])
 def test_every_committed_draft_is_lossless_and_accepts_drafts(smol, sky_blue_vanilla, method, min_tau):
     cls = METHODS.get(method)
     if not cls.default_checkpoint(smol).exists():
