@@ -122,8 +122,9 @@ class Fspad(Eagle2):
         """EAGLE-2-network weights (an eagle2/hass/coral draft) -> this net, computing the same function at the
         start: FS's fc is EAGLE's fc and its gated residual starts at zero (``fc.mlp.down_proj`` = 0); PAD's
         2H-wide ``down_proj`` is EAGLE's stacked twice, so both halves start as EAGLE's output."""
-        if any(key.startswith("fc.fc.") for key in tensors):     # already an FSPAD-family checkpoint
-            return tensors
+        own = net.state_dict()
+        if all(key in own and own[key].shape == value.shape for key, value in tensors.items()):
+            return tensors                                      # a checkpoint of this very net (e.g. stage 2)
         state = {k: v for k, v in tensors.items() if not k.startswith("fc.")}
         fc = {k.removeprefix("fc."): v for k, v in tensors.items() if k.startswith("fc.")}
         if net.feature_sampling:

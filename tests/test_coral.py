@@ -162,3 +162,17 @@ def test_export_leaves_the_router_out(tmp_path):
     out = Coral.export(Coral.load_net(target, "random"), target, tmp_path / "out", "vllm")
     keys = set(load_file(str(out / "model.safetensors")))
     assert "fc.weight" in keys and not any(k.startswith(("router.", "token_order")) for k in keys)
+
+
+@pytest.mark.parametrize("method", ["fspad", "fspad-fs-only", "fspad-pad-only"])
+def test_fspad_warm_starts_from_its_own_checkpoint_unchanged(tmp_path, method):
+    target = tiny_target("llama")
+    cls = METHODS.get(method)
+    first = cls.load_net(target, "random")
+    ckpt.save(tmp_path / "own", first.state_dict(),
+              {"method": method, "target": target.fingerprint(), "architecture": cls.architecture(first)},
+              dtype=torch.float32)
+    net, _ = cls.training_setup(target)
+    cls.warm_start(net, target, tmp_path / "own")
+    for key, value in first.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[key], value)
