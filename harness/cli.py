@@ -14,6 +14,7 @@ import torch
 
 from harness import report
 from harness.errors import UserError
+from harness.static_shapes import COMPILE_MODES
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -69,6 +70,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-len", type=int, default=None, help="KV cache size (default: the target's context)")
+    p.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                   help="fixed-shape tree forwards: static (eager, padded) or a torch.compile mode; "
+                        "reduce-overhead records CUDA graphs on a GPU")
+    p.add_argument("--compile-bucket", type=int, default=256, help="attention window granularity for --compile")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--allow-code-exec", action="store_true", help="score suites that execute model output")
 
@@ -87,7 +92,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
         options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
         warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,
-        allow_code_exec=args.allow_code_exec)
+        compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec)
     try:
         run_dir = runner.run(plan, argv)
     except torch.OutOfMemoryError as exc:

@@ -7,6 +7,7 @@ method sum(accept_lengths) == len(tokens) and vanilla's accept_lengths are all 1
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 from harness.drafter import Drafter
 from harness.sampling import SamplingParams, sample, to_probs
 from harness.target import ContextFull, Target
+from harness.tree import DraftTree
 from harness.verify import Verifier
 
 
@@ -44,9 +46,25 @@ class Generation:
         return bool(self.stop_reason)
 
 
+class WholeTurnBaseline(Drafter):
+    """A reference row that decodes whole turns by other means (no tree, no verifier), timed like the
+    methods, so tables can show how the harness's vanilla loop compares with a library's own loop."""
+
+    def propose(self, root: Tensor) -> DraftTree:
+        raise TypeError(f"{self.name} decodes whole turns; it has no draft tree")
+
+    @abstractmethod
+    def generate_turn(self, prompt: Tensor, *, max_new_tokens: int, stop_ids: frozenset[int],
+                      sampling: SamplingParams, rng: torch.Generator) -> Generation:
+        """The turn's new tokens (cut after a stop token), one accepted token per target forward."""
+
+
 def generate(target: Target, drafter: Drafter, verifier: Verifier, prompt: Tensor, *, max_new_tokens: int,
              stop_ids: frozenset[int], sampling: SamplingParams, rng: torch.Generator) -> Generation:
     """Decode one turn for prompt [T]; batch size 1."""
+    if isinstance(drafter, WholeTurnBaseline):
+        return drafter.generate_turn(prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids, sampling=sampling,
+                                     rng=rng)
     sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     gen = Generation()
     start = time.perf_counter()

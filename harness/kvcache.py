@@ -5,6 +5,8 @@ attention layers) writes the new keys after the valid range and returns views of
 so attention costs what the context needs, not max_len, and no step reallocates the cache.
 ``keep`` compacts after verification: the accepted tree nodes are gathered and written to the slots
 right after the committed prefix; the rest is left to be overwritten (REFERENCE §2.9).
+For fixed-shape (compiled) forwards, ``SlotCache.write_at`` switches ``update`` to writing at given
+slot indices and returning a fixed window of slots, so no shape depends on the cache length.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ class SlotLayer(DynamicLayer):
         self.length = 0
         self._keys: Tensor | None = None
         self._values: Tensor | None = None
+        self.write_at: Tensor | None = None   # fixed-shape mode: slots of the new keys, and the window
+        self.window = 0
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -35,6 +39,10 @@ class SlotLayer(DynamicLayer):
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.write_at is not None:
+            self._keys.index_copy_(2, self.write_at, key_states)
+            self._values.index_copy_(2, self.write_at, value_states)
+            return self._keys[:, :, :self.window], self._values[:, :, :self.window]
         end = self.length + key_states.shape[-2]
         if end > self.max_len:
             raise UserError(f"context of {end} tokens exceeds the target's max_len {self.max_len}")
@@ -79,3 +87,15 @@ class SlotCache(Cache):
     def keep(self, start: int, index: Tensor) -> None:
         for layer in self.layers:
             layer.keep(start, index)
+
+    def write_at(self, slots: Tensor | None, window: int = 0) -> None:
+        """Fixed-shape mode for the next forwards (slots [P], attention over window slots); None ends it."""
+        for layer in self.layers:
+            layer.write_at, layer.window = slots, window
+
+    def mark_static_addresses(self) -> None:
+        """Tell torch.compile the (allocated) buffers never move, so CUDA graphs may write into them."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                torch._dynamo.mark_static_address(layer._keys)
+                torch._dynamo.mark_static_address(layer._values)

@@ -48,6 +48,8 @@ class Plan:
     dtype: str = "auto"
     device: str = "auto"
     max_len: int | None = None
+    compile: str = "off"           # harness/static_shapes.py COMPILE_MODES
+    compile_bucket: int = 256      # attention window granularity of fixed-shape forwards
     allow_code_exec: bool = False
     results_root: Path = Path("results")
 
@@ -57,7 +59,8 @@ class Plan:
                 "device": str(target.device), "max_len": target.max_len, "max_new_tokens": self.max_new_tokens,
                 "seed": self.seed, "top_p": self.top_p, "top_k": self.top_k, "warmup": self.warmup,
                 "warmup_max_new_tokens": min(self.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
-                "options": self.options, "checkpoints": self.checkpoints, "batch_size": 1}
+                "options": self.options, "checkpoints": self.checkpoints, "batch_size": 1,
+                "compile": self.compile, "compile_bucket": self.compile_bucket}
 
 
 def run(plan: Plan, argv: list[str]) -> Path:
@@ -69,6 +72,7 @@ def run(plan: Plan, argv: list[str]) -> Path:
     suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
     questions = {name: suite.questions()[: plan.limit] for name, suite in suites.items()}
     target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
+    target.compile_tree_forward(plan.compile, plan.compile_bucket)
     settings = plan.settings(target)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
@@ -102,8 +106,9 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
     verifier = drafter.verifier()
     for _ in range(plan.warmup):
         prompt = chat.render(target.tokenizer, [{"role": "user", "content": questions[0].turns[0]}])
-        generate(target, drafter, verifier, prompt, max_new_tokens=min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
-                 stop_ids=stops, sampling=sampling, rng=torch.Generator().manual_seed(plan.seed))
+        gen = generate(target, drafter, verifier, prompt, max_new_tokens=min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
+                       stop_ids=stops, sampling=sampling, rng=torch.Generator().manual_seed(plan.seed))
+        target.warm_up_fixed_shapes(set(gen.tree_sizes))
     scoring = not suite.unsafe or plan.allow_code_exec
     if not scoring:
         print(f"note: {suite.name} answers are not scored: scoring executes model output; "

@@ -5,6 +5,8 @@ verification works on any Hugging Face decoder-only model whose attention takes 
 Llama and Qwen2 families) without copying a modeling file. It returns the logits and the features
 drafters learn from: the final hidden states after the final norm (the input of the LM head), plus
 any intermediate layers asked for with ``tap_layers``. It knows nothing about drafters or suites.
+``compile_tree_forward`` switches tree scoring to padded fixed shapes (harness/static_shapes.py) and
+optionally torch.compile; with ``mode="reduce-overhead"`` on a GPU that records CUDA graphs.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from harness import loading
+from harness import loading, static_shapes
 from harness.errors import UserError
 from harness.kvcache import SlotCache
 from harness.tree import DraftTree
@@ -49,6 +51,9 @@ class Target:
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.cache = SlotCache(config.num_hidden_layers, self.max_len)
         self.length = 0   # committed tokens in the cache
+        self.compile_mode = "off"
+        self.bucket = 256
+        self._fixed_forward = None
 
     @classmethod
     def load(cls, spec: str | None = None, *, dtype: str = "auto", device: str = "auto",
@@ -62,6 +67,38 @@ class Target:
         loaded = loading.load(spec or loading.default_spec(), torch_dtype, device)
         return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id, source=loaded.source,
                    max_len=max_len, tap_layers=tap_layers)
+
+    def compile_tree_forward(self, mode: str = "static", bucket: int = 256) -> None:
+        """Score trees with fixed shapes: ``static`` runs them eagerly (to check the padding), any other
+        mode compiles them with torch.compile(mode=...); ``off`` returns to exact-size eager forwards."""
+        if mode not in static_shapes.COMPILE_MODES:
+            raise UserError(f"unknown compile mode {mode!r} (use {', '.join(static_shapes.COMPILE_MODES)})")
+        if bucket < 1:
+            raise UserError("the attention window bucket must be a positive number of slots")
+        self.compile_mode, self.bucket = mode, bucket
+        if mode == "off":
+            self._fixed_forward = None
+        elif mode == "static":
+            self._fixed_forward = self._padded_forward
+        else:
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self._fixed_forward = torch.compile(self._padded_forward, mode=None if mode == "default" else mode)
+
+    def warm_up_fixed_shapes(self, tree_sizes: set[int], windows: int = 3) -> None:
+        """Run fixed-shape forwards for these tree sizes at the first few window sizes, so the compiler's
+        static and dynamic-shape graphs are built before anything is timed; leaves the cache empty."""
+        if self._fixed_forward is None:
+            return
+        for padded in sorted({static_shapes.padded_size(n) for n in tree_sizes}):
+            chain = DraftTree(torch.zeros(padded, dtype=torch.long), torch.arange(-1, padded - 1))
+            for window in range(1, windows + 1):
+                length = min(window * self.bucket, self.max_len) - padded
+                if length < 1:
+                    continue
+                self.prefill(torch.zeros(1, dtype=torch.long))   # allocates the cache outside any graph
+                self.length = length                             # the slots hold garbage: only shapes matter
+                self.score_tree(chain)
+        self.reset()
 
     @property
     def vocab_size(self) -> int:
@@ -98,6 +135,8 @@ class Target:
         n = tree.size
         if self.length + n > self.max_len:
             raise ContextFull(self.length + n, self.max_len)
+        if self._fixed_forward is not None and self.length + static_shapes.padded_size(n) <= self.max_len:
+            return self._score_fixed(tree)
         positions = (tree.depth.to(self.device) + self.length).unsqueeze(0)
         return self._forward(tree.tokens.to(self.device).unsqueeze(0), positions, self._tree_mask(tree), logits_from=0)
 
@@ -113,6 +152,28 @@ class Target:
             return allowed
         return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
             ~allowed, torch.finfo(self.dtype).min)
+
+    def _score_fixed(self, tree: DraftTree) -> TargetOut:
+        step = static_shapes.tree_step(tree, self.length, self.bucket, self.max_len, self.device)
+        mask = step.mask
+        if self.config._attn_implementation != "sdpa":
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
+                ~mask, torch.finfo(self.dtype).min)
+        self.cache.mark_static_addresses()
+        try:
+            hidden, logits, taps = self._fixed_forward(step.ids, step.positions, mask, step.write_at)
+        finally:
+            self.cache.write_at(None)
+        n = step.nodes
+        # CUDA-graph outputs live in memory the next replay overwrites: keep copies of the real rows.
+        return TargetOut(logits=logits[:n].clone(), hidden=hidden[:n].clone(), taps=tuple(t[:n].clone() for t in taps))
+
+    def _padded_forward(self, ids: Tensor, positions: Tensor, mask: Tensor,
+                        write_at: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """The traced function of fixed-shape scoring: every input is a tensor of a fixed shape."""
+        self.cache.write_at(write_at, mask.shape[-1])
+        out = self._forward(ids, positions, mask, logits_from=0)
+        return out.hidden, out.logits, out.taps
 
     def commit(self, path: Tensor) -> None:
         """Keep the KV of the tree nodes on path ([a+1] node ids, ascending) after the committed prefix."""

@@ -102,3 +102,21 @@ def test_cli_run_prints_a_summary_with_tau_and_speedup(tiny_dir, tmp_path, capsy
                  "--out", str(tmp_path / "cli"), "--warmup", "0", "--limit", "2"]) == 0
     out = capsys.readouterr().out
     assert "tau_pooled" in out and "speedup" in out and "pld" in out and "vanilla" in out
+
+
+def test_a_transformers_generate_row_and_fixed_shape_forwards_keep_vanilla_text(tiny_dir, tmp_path):
+    run_dir = runner.run(plan(tiny_dir, tmp_path / "run", methods=("hf-generate", "pld"), compile="static",
+                              compile_bucket=16, warmup=1), argv=["test"])
+    texts = {method: [r["token_ids"] for r in read_rows(answer_file(run_dir, "tiny-words", method, 0.0))]
+             for method in ("vanilla", "hf-generate", "pld")}
+    assert texts["hf-generate"] == texts["vanilla"] == texts["pld"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["settings"]["compile"] == "static" and manifest["settings"]["compile_bucket"] == 16
+
+
+def test_bad_compile_mode_and_generate_cache_are_refused(tiny_dir, tmp_path, capsys):
+    assert main(["run", "--methods", "hf-generate", "--suite", "tiny-words", "--target", tiny_dir,
+                 "--opt", "hf-generate.cache=paged", "--out", str(tmp_path / "x")]) == 2
+    assert "hf-generate.cache must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--methods", "pld", "--compile", "fastest"])

@@ -1,0 +1,55 @@
+"""Fixed-shape inputs for the target's tree forward, so torch.compile and CUDA graphs can capture it.
+
+The eager forward feeds N tree nodes against exactly L committed cache slots; both change every
+step, and a captured graph (``torch.compile(mode="reduce-overhead")`` records CUDA graphs) replays
+one shape only. Here the tree is padded to P = the next power of two and attention runs over a
+window of W slots (L + P rounded up to ``bucket``), so a whole generation needs a handful of shapes.
+Padding rows attend only to themselves and window slots past the tree are masked out, so the real
+nodes' logits are the eager path's; the KV the padding writes lies past the tree and is dropped at
+commit like any rejected node's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from harness.tree import DraftTree
+
+COMPILE_MODES = ("off", "static", "default", "reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class StaticStep:
+    """One padded tree forward: ids and positions [1, P], mask [1, 1, P, W], cache slots to write [P]."""
+    ids: Tensor
+    positions: Tensor
+    mask: Tensor
+    write_at: Tensor
+    nodes: int          # the real tree nodes, rows 0 .. nodes-1
+
+
+def padded_size(nodes: int) -> int:
+    return 1 << max(nodes - 1, 0).bit_length()
+
+
+def window_size(needed: int, bucket: int, max_len: int) -> int:
+    return min(max_len, -(-needed // bucket) * bucket)
+
+
+def tree_step(tree: DraftTree, length: int, bucket: int, max_len: int, device: torch.device) -> StaticStep:
+    """The padded inputs for scoring tree after ``length`` committed slots (boolean mask: True = may attend)."""
+    nodes, padded = tree.size, padded_size(tree.size)
+    window = window_size(length + padded, bucket, max_len)
+    ids = torch.zeros(1, padded, dtype=torch.long)
+    ids[0, :nodes] = tree.tokens
+    positions = torch.full((1, padded), length, dtype=torch.long)
+    positions[0, :nodes] += tree.depth
+    allowed = torch.zeros(1, 1, padded, window, dtype=torch.bool)
+    allowed[0, 0, :nodes, :length] = True
+    allowed[0, 0, :nodes, length:length + nodes] = tree.ancestor_mask
+    pad = torch.arange(nodes, padded)
+    allowed[0, 0, pad, length + pad] = True
+    write_at = torch.arange(length, length + padded)
+    return StaticStep(ids.to(device), positions.to(device), allowed.to(device), write_at.to(device), nodes)
