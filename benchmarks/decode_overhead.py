@@ -6,10 +6,13 @@ same number of generated tokens (stop tokens ignored), so the ratios compare lik
 - ``hf_generate``: transformers ``model.generate`` (greedy, its own DynamicCache);
 - ``raw_loop``: the least a Python loop can do: one HF forward per token with a DynamicCache;
 - ``vanilla``: the harness's baseline through Target, DraftTree, Verifier and the decode loop;
-- every other method given with --methods, through the same loop.
+- every other method given with --methods, through the same loop;
+- with ``--compile MODE``: vanilla and every method again, their tree forwards in fixed shapes
+  compiled with torch.compile(mode=MODE) (``reduce-overhead`` records CUDA graphs on a GPU), on a
+  second Target over the same weights, so eager and compiled rows share one process and one warm-up.
 
 Usage: python benchmarks/decode_overhead.py [--target smollm2-135m] [--tokens 128] [--repeats 3]
-       [--methods pld,eagle2] [--json out.json]
+       [--methods pld,eagle2] [--compile reduce-overhead] [--json out.json]
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from harness import chat, env
 from harness.decode import generate
 from harness.drafter import METHODS
 from harness.sampling import SamplingParams
+from harness.static_shapes import COMPILE_MODES
 from harness.target import Target
 from harness.verify import Verifier
 
@@ -66,21 +70,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default="pld")
     parser.add_argument("--checkpoint", action="append", default=[], help="method=path")
+    parser.add_argument("--compile", choices=COMPILE_MODES[1:], default=None,
+                        help="also run vanilla and the methods with fixed-shape, compiled tree forwards")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     target = Target.load(args.target)
     prompt = chat.render(target.tokenizer, [{"role": "user", "content": PROMPT}])
     checkpoints = dict(pair.split("=", 1) for pair in args.checkpoint)
-    runners = {"hf_generate": hf_generate, "raw_loop": raw_loop, "vanilla": harness_method("vanilla", target, None)}
-    for name in filter(None, args.methods.split(",")):
-        runners[name] = harness_method(name, target, checkpoints.get(name))
-    for run in runners.values():   # warm-up
-        run(target, prompt, 8)
+    methods = ["vanilla", *filter(None, args.methods.split(","))]
+    runners = {"hf_generate": (target, hf_generate), "raw_loop": (target, raw_loop)}
+    runners.update({name: (target, harness_method(name, target, checkpoints.get(name))) for name in methods})
+    if args.compile:
+        fixed = Target(target.model, target.tokenizer, model_id=target.model_id, source=target.source,
+                       max_len=target.max_len)
+        fixed.compile_tree_forward(args.compile)
+        runners.update({f"{name}+{args.compile}": (fixed, harness_method(name, fixed, checkpoints.get(name)))
+                        for name in methods})
+    for owner, run in runners.values():   # warm-up at full length: compiles every shape the timed runs use
+        run(owner, prompt, args.tokens)
     times: dict[str, list[float]] = {name: [] for name in runners}
     forwards: dict[str, int] = {}
     for _ in range(args.repeats):
-        for name, run in runners.items():
-            seconds, steps = run(target, prompt, args.tokens)
+        for name, (owner, run) in runners.items():
+            seconds, steps = run(owner, prompt, args.tokens)
             times[name].append(seconds)
             forwards[name] = steps
     base = statistics.median(times["vanilla"])
@@ -97,7 +109,7 @@ def main() -> None:
                "vanilla_over_hf_generate": round(statistics.median(times["hf_generate"]) / base, 3),
                "env": env.capture()}
     for row in rows:
-        print(f"{row['runner']:<12} {row['tokens_per_s']:>8.2f} tok/s  {row['ms_per_forward']:>7.2f} ms/forward  "
+        print(f"{row['runner']:<24} {row['tokens_per_s']:>8.2f} tok/s  {row['ms_per_forward']:>7.2f} ms/forward  "
               f"{row['target_forwards']:>4} forwards  x{row['speedup_vs_vanilla']:.2f} vs vanilla")
     print(f"harness overhead per step vs raw HF loop: {summary['harness_overhead_ms_per_step']} ms; "
           f"vanilla throughput / transformers.generate: {summary['vanilla_over_hf_generate']}")

@@ -9,8 +9,11 @@ Two measurements in one process, after a warm-up:
    ``total_tokens``, with vanilla decoding beside it: tau (pooled), tokens/s and the ratio to vanilla.
    The recommended size is the one with the highest measured tokens/s.
 
+With ``--compile MODE`` both are measured with fixed-shape, compiled tree forwards (trees padded to a
+power of two; ``reduce-overhead`` records CUDA graphs on a GPU), as ``harness run --compile`` runs them.
+
 Usage: python benchmarks/tree_size.py [--method eagle2] [--checkpoint DIR] [--sizes 1,8,16,32,60,96]
-       [--totals 10,20,30,60] [--tokens 64] [--bandwidth-gbs 3350] [--json out.json]
+       [--totals 10,20,30,60] [--tokens 64] [--bandwidth-gbs 3350] [--compile reduce-overhead] [--json out.json]
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from harness import chat, env
 from harness.decode import generate
 from harness.drafter import METHODS
 from harness.sampling import SamplingParams
+from harness.static_shapes import COMPILE_MODES
 from harness.target import Target
 from harness.tree import DraftTree
 from harness.verify import Verifier
@@ -51,13 +55,13 @@ def forward_times(target: Target, prompt: torch.Tensor, sizes: list[int], repeat
     for n in sizes:
         tree = DraftTree(tokens=prompt[-1:].repeat(n), parents=torch.arange(-1, n - 1))
         samples = []
-        for i in range(repeats + 2):
+        for i in range(repeats + 3):
             sync()
             start = time.perf_counter()
             target.score_tree(tree)
             target.commit(torch.arange(0))   # drop the tree's entries: the next repeat sees the same context
             sync()
-            if i >= 2:                      # two warm-up forwards per size
+            if i >= 3:                      # warm-up forwards per size (compiling and recording graphs)
                 samples.append(1000 * (time.perf_counter() - start))
         rows.append({"tree_nodes": n, "forward_ms": round(statistics.median(samples), 3)})
     base = rows[0]["forward_ms"]
@@ -91,9 +95,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth, for the floor")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="off")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     target = Target.load(args.target)
+    target.compile_tree_forward(args.compile)
     prompts = [chat.render(target.tokenizer, [{"role": "user", "content": text}]) for text in PROMPTS]
 
     forwards = forward_times(target, prompts[0], args.sizes, args.repeats)
@@ -101,11 +107,11 @@ def main() -> None:
     floor_ms = 1000 * weight_bytes / (args.bandwidth_gbs * 1e9) if args.bandwidth_gbs else None
 
     vanilla = METHODS.get("vanilla")(target)
-    decode_rate(target, vanilla, prompts[:1], 8)   # warm-up
+    decode_rate(target, vanilla, prompts[:1], args.tokens)   # warm-up, at full length for compiled shapes
     rows = [{"method": "vanilla", "total_tokens": 1, **decode_rate(target, vanilla, prompts, args.tokens)}]
     for total in args.totals:
         drafter = METHODS.get(args.method)(target, args.checkpoint, total_tokens=total)
-        decode_rate(target, drafter, prompts[:1], 8)
+        decode_rate(target, drafter, prompts[:1], args.tokens)
         rows.append({"method": args.method, "total_tokens": total,
                      **decode_rate(target, drafter, prompts, args.tokens)})
     for row in rows:
@@ -123,7 +129,7 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump({"forward": forwards, "decode": rows, "recommended_total_tokens": best["total_tokens"],
                        "weight_bytes": weight_bytes, "bandwidth_floor_ms": floor_ms, "tokens": args.tokens,
-                       "threads": torch.get_num_threads(), "env": env.capture()}, handle, indent=2)
+                       "threads": torch.get_num_threads(), "compile": args.compile, "env": env.capture()}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from harness import static_shapes
 from harness.drafter import METHODS, Drafter
 from harness.errors import UserError
 from harness.kvcache import SlotCache
@@ -95,6 +96,10 @@ class Eagle2(Drafter):
         extra = (self.options.depth + 1) * self.options.top_k + 8
         self.cache = SlotCache(1, target.max_len + extra)
         self.stable = 0
+        # With the target's --compile, tree levels run in fixed shapes too (and compiled, unless "static").
+        mode = target.compile_mode
+        self._fixed_level = None if mode == "off" else self._level_step if mode == "static" else torch.compile(
+            self._level_step, mode=None if mode == "default" else mode)
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -208,7 +213,7 @@ class Eagle2(Drafter):
         return top.values, top.indices
 
     def grow(self, root: Tensor, root_out: Tensor) -> DraftTree:
-        k, device, dtype = self.options.top_k, self.target.device, self.target.dtype
+        k, device = self.options.top_k, self.target.device
         for_head, for_next = self.net.split(root_out)
         top_scores, top_ids = self.top_tokens(for_head[None], k)
         top_scores, top_ids = top_scores[0], top_ids[0]
@@ -223,11 +228,7 @@ class Eagle2(Drafter):
         for level in range(self.options.depth):
             # Each frontier node sees the whole stable context, its ancestors' entries and itself.
             allowed = torch.cat([torch.ones(k, self.stable, dtype=torch.bool, device=device), ancestry, eye], 1)
-            positions = torch.full((1, k), self.stable + level, device=device)
-            out = self.net(self.target.embed(frontier_tokens)[None], frontier_features[None], positions,
-                           additive(allowed, dtype), self.cache)[0]
-            for_head, for_next = self.net.split(out)
-            top_scores, top_ids = self.top_tokens(for_head, k)                # [k, k]
+            top_scores, top_ids, for_next = self.expand(level, frontier_tokens, frontier_features, allowed)
             scores = (frontier_scores[:, None] + top_scores).flatten()        # cumulative log q of each path
             rec_tokens.append(top_ids.flatten())
             rec_scores.append(scores)
@@ -240,6 +241,35 @@ class Eagle2(Drafter):
             frontier_ids = recorded + best
             recorded += k * k
         return self.select(root, torch.cat(rec_tokens), torch.cat(rec_scores), torch.cat(rec_parents))
+
+    def expand(self, level: int, tokens: Tensor, features: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One tree level: the k frontier nodes (allowed: [k, keys] attention) through the net, then their
+        top-k children: scores [k, k], ids [k, k] and the features the next level feeds [k, H]."""
+        k, dtype = tokens.shape[0], self.target.dtype
+        positions = torch.full((1, k), self.stable + level, device=tokens.device)
+        if self._fixed_level is None:
+            return self._level_step(tokens, features, positions, additive(allowed, dtype), None)
+        # Fixed shapes: write at explicit slots, attend over a bucketed window (harness/static_shapes.py).
+        start = allowed.shape[1] - k
+        window = static_shapes.window_size(allowed.shape[1], self.target.bucket, self.cache.layers[0].max_len)
+        padded = torch.zeros(k, window, dtype=torch.bool, device=tokens.device)
+        padded[:, :allowed.shape[1]] = allowed
+        self.cache.mark_static_addresses()
+        try:
+            out = self._fixed_level(tokens, features, positions, additive(padded, dtype),
+                                    torch.arange(start, start + k, device=tokens.device))
+        finally:
+            self.cache.write_at(None)
+        return tuple(t.clone() for t in out)   # CUDA-graph outputs are overwritten by the next replay
+
+    def _level_step(self, tokens: Tensor, features: Tensor, positions: Tensor, mask: Tensor,
+                    write_at: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        if write_at is not None:
+            self.cache.write_at(write_at, mask.shape[-1])
+        out = self.net(self.target.embed(tokens)[None], features[None], positions, mask, self.cache)[0]
+        for_head, for_next = self.net.split(out)
+        top_scores, top_ids = self.top_tokens(for_head, tokens.shape[0])
+        return top_scores, top_ids, for_next
 
     def select(self, root: Tensor, tokens: Tensor, scores: Tensor, parents: Tensor) -> DraftTree:
         """Keep the best total_tokens - 1 recorded nodes; a stable sort keeps every parent before its child."""

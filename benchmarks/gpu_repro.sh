@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Issue #9's GPU reproduction in phases, each sized for one 10-minute call of the device tool.
+#
+# Here, once:  bash benchmarks/gpu_repro.sh stage     (model halves, wheels and benchmark data into .gpu/)
+# Device call 1: carry .gpu/a .gpu/whl .gpu/init            command: bash .gpu/init/device-init.sh
+# Device call 2: carry .gpu/b .gpu/init .gpu/data, at once  command: bash .gpu/init/device-init.sh &&
+#                                                                      bash benchmarks/gpu_repro.sh speed
+# Later calls while the machine is warm:  bash benchmarks/gpu_repro.sh sweep | datagen | train METHOD
+#
+# Phases (settings from the environment; every figure is a ratio measured within one call):
+#   speed    decode_overhead.py: hf-generate, raw loop, vanilla and eagle2/hass/coral, eager and compiled
+#            (--compile $COMPILE); tree_size.py: verify forward time vs tree size next to the bandwidth floor.
+#   sweep    harness run over $METHODS x $SUITES x T=$TEMPERATURES with the committed drafts (or $DRAFTS/<m>
+#            when trained here), compiled, then the report; results and report come back as one tar.gz.
+#   datagen  self-distillation data for training ($SAMPLES answers).
+#   train M  train draft M on that data with the GPU preset for at most $TRAIN_SECONDS; the checkpoint
+#            lands in $DRAFTS/M (kept for sweep) and comes back as a tar.gz.
+# Work that later phases reuse stays in $WORK (lost when the machine is given back); what comes back is
+# under $OUT (at most 8 files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f /tmp/gpu-env ] && . /tmp/gpu-env
+WORK=${WORK:-/tmp/repro}
+OUT=${OUT:-$WORK/out}
+DRAFTS=${DRAFTS:-$WORK/drafts}
+COMPILE=${COMPILE:-reduce-overhead}
+METHODS=${METHODS:-hf-generate,pld,eagle2,hass,fspad,coral,medusa}
+SUITES=${SUITES:-mtbench,gsm8k,humaneval,specbench}
+TEMPERATURES=${TEMPERATURES:-0,1}
+LIMIT=${LIMIT:-20}
+TOKENS=${TOKENS:-256}
+SAMPLES=${SAMPLES:-4096}
+TRAIN_SECONDS=${TRAIN_SECONDS:-480}
+PY=${PYTHON:-python3}
+export HARNESS_DATA_DIR=${HARNESS_DATA_DIR:-$( [ -d .gpu/data ] && echo "$PWD/.gpu/data" || echo "$PWD/../shared/data")}
+mkdir -p "$WORK" "$OUT" "$DRAFTS"
+
+bandwidth_gbs() {   # peak HBM bandwidth of the device, for the step-time floor (vendor data sheets)
+  "$PY" - <<'PY'
+import torch
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+table = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039, "A100": 1555}
+print(next((gbs for key, gbs in table.items() if key in name), 0))
+PY
+}
+
+checkpoint_args() {   # drafts trained in this session replace the committed ones
+  local args=()
+  for dir in "$DRAFTS"/*/; do [ -f "$dir/config.json" ] && args+=(--checkpoint "$(basename "$dir")=$dir"); done
+  echo "${args[@]:-}"
+}
+
+case "${1:-}" in
+  stage)
+    bash ../shared/gpu/stage.sh
+    rm -rf .gpu/data && mkdir -p .gpu/data
+    cp -r ../shared/data/{spec_bench,mt_bench,gsm8k,humaneval,train_prompts} .gpu/data/
+    du -sh .gpu/data ;;
+  speed)
+    bw=$(bandwidth_gbs)
+    "$PY" benchmarks/decode_overhead.py --methods eagle2,hass,coral --compile "$COMPILE" --tokens "$TOKENS" \
+      --repeats 5 --json "$OUT/decode_overhead.json" 2>&1 | grep -v '^\s*$' | tail -n 20
+    "$PY" benchmarks/tree_size.py --compile "$COMPILE" ${bw:+--bandwidth-gbs $bw} --tokens 128 \
+      --json "$OUT/tree_size.json" 2>&1 | tail -n 30 ;;
+  sweep)
+    # shellcheck disable=SC2046
+    "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" --temperature "$TEMPERATURES" --limit "$LIMIT" \
+      --max-new-tokens "$TOKENS" --compile "$COMPILE" --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
+      | grep -v 'it/s\]\|s/it\]' | tail -n 60
+    "$PY" -m harness report --results "$WORK/results/gpu-sweep" --out "$WORK/reports/gpu-sweep" | tail -n 5
+    tar czf "$OUT/gpu-sweep.tar.gz" -C "$WORK" results/gpu-sweep reports/gpu-sweep ;;
+  datagen)
+    "$PY" -m harness datagen --out "$WORK/datagen" --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" \
+      --batch-size 64 2>&1 | tail -n 3 ;;
+  train)
+    method=${2:?train needs a method name}
+    "$PY" -m harness train --method "$method" --data "$WORK/datagen" --out "$DRAFTS/$method" --preset gpu \
+      --set time_budget_s="$TRAIN_SECONDS" 2>&1 | tail -n 5
+    tar czf "$OUT/draft-$method.tar.gz" -C "$DRAFTS" "$method" ;;
+  *)
+    echo "usage: bash benchmarks/gpu_repro.sh stage | speed | sweep | datagen | train METHOD" >&2
+    exit 2 ;;
+esac
