@@ -65,7 +65,7 @@ case "${1:-}" in
   sweep)
     # shellcheck disable=SC2046
     "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" --temperature "$TEMPERATURES" --limit "$LIMIT" \
-      --max-new-tokens "$TOKENS" --compile "$COMPILE" --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
+      --max-new-tokens "$TOKENS" --compile "$COMPILE" --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
       | grep -v 'it/s\]\|s/it\]' | tail -n 60
     "$PY" -m harness report --results "$WORK/results/gpu-sweep" --out "$WORK/reports/gpu-sweep" | tail -n 5
     tar czf "$OUT/gpu-sweep.tar.gz" -C "$WORK" results/gpu-sweep reports/gpu-sweep ;;

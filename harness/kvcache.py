@@ -79,6 +79,7 @@ class SlotCache(Cache):
 
     def __init__(self, num_layers: int, max_len: int) -> None:
         super().__init__(layers=[SlotLayer(max_len) for _ in range(num_layers)])
+        self.static_addresses = False
 
     def reset(self) -> None:
         for layer in self.layers:
@@ -94,8 +95,11 @@ class SlotCache(Cache):
             layer.write_at, layer.window = slots, window
 
     def mark_static_addresses(self) -> None:
-        """Tell torch.compile the (allocated) buffers never move, so CUDA graphs may write into them."""
+        """Tell torch.compile the buffers never move, so CUDA graphs may write into them (once: they are
+        allocated by the first forward and never reallocated)."""
+        if self.static_addresses or not all(layer.is_initialized for layer in self.layers):
+            return
         for layer in self.layers:
-            if layer.is_initialized:
-                torch._dynamo.mark_static_address(layer._keys)
-                torch._dynamo.mark_static_address(layer._values)
+            torch._dynamo.mark_static_address(layer._keys)
+            torch._dynamo.mark_static_address(layer._values)
+        self.static_addresses = True

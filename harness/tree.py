@@ -46,21 +46,26 @@ class DraftTree:
         return self.tokens.shape[0]
 
     @cached_property
+    def ancestors(self) -> list[list[int]]:
+        """ancestors[i]: node ids from the root to node i, inclusive (plain lists: per-element tensor
+        writes in a loop cost more than the verify step's whole mask on a small model)."""
+        lines: list[list[int]] = [[0]]
+        for i, parent in enumerate(self.parents.tolist()[1:], 1):
+            lines.append(lines[parent] + [i])
+        return lines
+
+    @cached_property
     def depth(self) -> Tensor:
         """[N] depth of each node (root 0): the position offset of the node in the verify forward."""
-        depth = torch.zeros(self.size, dtype=torch.long)
-        parents = self.parents.tolist()
-        for i in range(1, self.size):
-            depth[i] = depth[parents[i]] + 1
-        return depth
+        return torch.tensor([len(line) - 1 for line in self.ancestors], dtype=torch.long)
 
     @cached_property
     def ancestor_mask(self) -> Tensor:
         """[N, N] bool; mask[i, j] is True iff node j is node i or one of its ancestors."""
-        mask = torch.eye(self.size, dtype=torch.bool)
-        parents = self.parents.tolist()
-        for i in range(1, self.size):
-            mask[i] |= mask[parents[i]]
+        rows = [i for i, line in enumerate(self.ancestors) for _ in line]
+        cols = [j for line in self.ancestors for j in line]
+        mask = torch.zeros(self.size, self.size, dtype=torch.bool)
+        mask[rows, cols] = True
         return mask
 
     @cached_property
@@ -74,10 +79,6 @@ class DraftTree:
     @cached_property
     def paths(self) -> Tensor:
         """[L, D+1] node ids from the root to each leaf, padded with -1 (EAGLE's retrieve_indices)."""
-        leaves = [i for i, kids in enumerate(self.children) if not kids]
-        width = int(self.depth.max()) + 1
-        rows = torch.full((len(leaves), width), -1, dtype=torch.long)
-        for r, leaf in enumerate(leaves):
-            path = self.ancestor_mask[leaf].nonzero().flatten()  # ancestors have smaller ids: sorted = root first
-            rows[r, : path.shape[0]] = path
-        return rows
+        lines = [self.ancestors[i] for i, kids in enumerate(self.children) if not kids]
+        width = max(len(line) for line in lines)
+        return torch.tensor([line + [-1] * (width - len(line)) for line in lines], dtype=torch.long)
