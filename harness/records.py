@@ -109,6 +109,16 @@ def make_row(*, question_id: Any, category: str, task: str, model_id: str, metho
     }
 
 
+# Settings added after runs were first recorded, with the value those runs used: a run directory
+# made before a setting existed resumes (and hashes) as if it had been recorded at that value.
+LATER_SETTINGS = {"compile": "off", "compile_bucket": 256}
+
+
+def comparable_settings(settings: dict) -> dict:
+    """Settings without the later-added ones that sit at the value older runs implicitly used."""
+    return {k: v for k, v in settings.items() if not (k in LATER_SETTINGS and LATER_SETTINGS[k] == v)}
+
+
 class Manifest:
     """results/<run>/manifest.json: settings, environment and estimators, written first, updated per sweep."""
 
@@ -121,9 +131,10 @@ class Manifest:
         path = run_dir / "manifest.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            if data.get("settings") != settings:
-                changed = sorted(k for k in set(settings) | set(data.get("settings", {}))
-                                 if settings.get(k) != data["settings"].get(k))
+            before = comparable_settings(data.get("settings", {}))
+            if before != comparable_settings(settings):
+                changed = sorted(k for k in set(settings) | set(before)
+                                 if comparable_settings(settings).get(k) != before.get(k))
                 raise UserError(f"{run_dir} holds results made with other settings ({', '.join(changed)}); "
                                 f"choose another --out or repeat the original settings")
             data["sweeps"].append({"argv": argv, "started": time.time(), "env": env})

@@ -20,7 +20,7 @@ from harness import chat, env
 from harness.decode import generate
 from harness.drafter import METHODS, Drafter, parse_options
 from harness.errors import UserError
-from harness.records import Manifest, RowWriter, answer_file, make_row, read_rows
+from harness.records import Manifest, RowWriter, answer_file, comparable_settings, make_row, read_rows
 from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.target import Target
@@ -74,7 +74,7 @@ def run(plan: Plan, argv: list[str]) -> Path:
     target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
     target.compile_tree_forward(plan.compile, plan.compile_bucket)
     settings = plan.settings(target)
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
     manifest = Manifest.open(run_dir, settings, env.capture(), argv)
     torch.manual_seed(plan.seed)

@@ -120,3 +120,15 @@ def test_bad_compile_mode_and_generate_cache_are_refused(tiny_dir, tmp_path, cap
     assert "hf-generate.cache must be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", "--methods", "pld", "--compile", "fastest"])
+
+
+def test_a_run_recorded_before_a_setting_existed_still_resumes(tiny_dir, tmp_path):
+    run_dir = runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=1), argv=["a"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("compile", "compile_bucket"):
+        del manifest["settings"][key]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=2), argv=["b"])
+    assert len(read_rows(answer_file(run_dir, "tiny-words", "vanilla", 0.0))) == 2
+    with pytest.raises(UserError, match="compile"):
+        runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=2, compile="static"), argv=["c"])
