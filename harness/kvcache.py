@@ -1,6 +1,8 @@
 """A preallocated KV cache that tree verification can write into and then compact.
 
-Each layer owns buffers [B, H_kv, max_len, D] allocated once. ``update`` (called by the Hugging Face
+Each layer owns buffers [B, H_kv, max_len, D] allocated once; when every layer has the same shape
+(the usual case) they are views of one [layers, 2, B, H_kv, max_len, D] tensor, so compaction is
+one gather and one copy for the whole model instead of two per layer. ``update`` (called by the Hugging Face
 attention layers) writes the new keys after the valid range and returns views of the valid range,
 so attention costs what the context needs, not max_len, and no step reallocates the cache.
 ``keep`` compacts after verification: the accepted tree nodes are gathered and written to the slots
@@ -20,9 +22,11 @@ from harness.errors import UserError
 class SlotLayer(DynamicLayer):
     """One layer's preallocated keys and values; ``length`` counts the valid slots."""
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self, max_len: int, shared: "SlotCache | None" = None, index: int = 0) -> None:
         super().__init__()
         self.max_len = max_len
+        self.shared, self.index = shared, index   # the cache whose joint buffer this layer may live in
+        self.in_joint = False
         self.length = 0
         self._keys: Tensor | None = None
         self._values: Tensor | None = None
@@ -32,8 +36,12 @@ class SlotLayer(DynamicLayer):
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         batch, heads, _, dim = key_states.shape
-        self._keys = key_states.new_zeros(batch, heads, self.max_len, dim)
-        self._values = value_states.new_zeros(batch, heads, self.max_len, value_states.shape[-1])
+        joint = self.shared.joint_for(key_states, value_states) if self.shared is not None else None
+        if joint is not None:
+            self._keys, self._values, self.in_joint = joint[self.index, 0], joint[self.index, 1], True
+        else:
+            self._keys = key_states.new_zeros(batch, heads, self.max_len, dim)
+            self._values = value_states.new_zeros(batch, heads, self.max_len, value_states.shape[-1])
         self.is_initialized = True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -61,10 +69,11 @@ class SlotLayer(DynamicLayer):
     def reset(self) -> None:
         self.length = 0
 
-    def keep(self, start: int, index: Tensor) -> None:
-        """Keep slots start + index (ascending), moved to start, start+1, ...; drop everything after."""
+    def keep(self, start: int, index: Tensor, move: bool = True) -> None:
+        """Keep slots start + index (ascending), moved to start, start+1, ...; drop everything after.
+        ``move=False`` when index is 0..count-1 (already in place) or the caller moved the slots."""
         count = index.shape[0]
-        if self._keys is not None and not torch.equal(index, torch.arange(count, device=index.device)):
+        if move and self._keys is not None:
             source = index + start
             # index_select copies first, so overlapping source and destination ranges are safe.
             self._keys[:, :, start:start + count] = self._keys.index_select(2, source)
@@ -78,16 +87,33 @@ class SlotCache(Cache):
     """A Hugging Face Cache made of SlotLayers, one per decoder layer."""
 
     def __init__(self, num_layers: int, max_len: int) -> None:
-        super().__init__(layers=[SlotLayer(max_len) for _ in range(num_layers)])
+        super().__init__(layers=[SlotLayer(max_len, self, i) for i in range(num_layers)])
+        self.max_len = max_len
         self.static_addresses = False
+        self.joint: Tensor | None = None   # [layers, 2, B, H_kv, max_len, D], allocated by the first layer
 
+    def joint_for(self, key_states: Tensor, value_states: Tensor) -> Tensor | None:
+        """The joint buffer if this layer's keys and values fit it (allocating it on first use), else None."""
+        batch, heads, _, dim = key_states.shape
+        shape = (len(self.layers), 2, batch, heads, self.max_len, dim)
+        if value_states.shape[-1] != dim:
+            return None
+        if self.joint is None:
+            self.joint = key_states.new_zeros(shape)
+        fits = self.joint.shape == shape and self.joint.dtype == key_states.dtype
+        return self.joint if fits and self.joint.device == key_states.device else None
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
 
-    def keep(self, start: int, index: Tensor) -> None:
+    def keep(self, start: int, index: Tensor, in_place: bool = False) -> None:
+        """Keep slots start + index (ascending) in every layer; in_place when index is 0..count-1."""
+        count = index.shape[0]
+        together = not in_place and count and all(layer.in_joint for layer in self.layers)
+        if together:
+            self.joint[:, :, :, :, start:start + count] = self.joint.index_select(4, index + start)
         for layer in self.layers:
-            layer.keep(start, index)
+            layer.keep(start, index, move=not (in_place or together or count == 0))
 
     def write_at(self, slots: Tensor | None, window: int = 0) -> None:
         """Fixed-shape mode for the next forwards (slots [P], attention over window slots); None ends it."""

@@ -177,7 +177,8 @@ class Target:
 
     def commit(self, path: Tensor) -> None:
         """Keep the KV of the tree nodes on path ([a+1] node ids, ascending) after the committed prefix."""
-        self.cache.keep(self.length, path.to(self.device))
+        in_place = path.tolist() == list(range(path.shape[0]))   # checked here, on the host, once
+        self.cache.keep(self.length, path.to(self.device), in_place=in_place)
         self.length += path.shape[0]
 
     def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor | None, logits_from: int) -> TargetOut:

@@ -54,3 +54,20 @@ def test_a_tree_that_does_not_fit_raises_context_full():
     target.prefill(torch.tensor([0, 1, 2, 3, 4]))
     with pytest.raises(ContextFull):
         target.score_tree(TREE)
+
+
+def test_layers_share_one_buffer_and_a_layer_of_another_shape_gets_its_own():
+    from harness.kvcache import SlotCache
+
+    target = tiny_target("llama")
+    target.prefill(torch.tensor([0, 11, 12]))
+    assert target.cache.joint is not None and all(layer.in_joint for layer in target.cache.layers)
+
+    cache = SlotCache(2, max_len=8)
+    first, second = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 6)   # layer 1 has a wider head
+    cache.layers[0].update(first, first)
+    cache.layers[1].update(second, second)
+    assert cache.layers[0].in_joint and not cache.layers[1].in_joint
+    cache.keep(0, torch.tensor([0, 2]))
+    torch.testing.assert_close(cache.layers[0].keys, first[:, :, [0, 2]])
+    torch.testing.assert_close(cache.layers[1].keys, second[:, :, [0, 2]])
