@@ -58,5 +58,7 @@ def to_probs(logits: Tensor, params: SamplingParams) -> Tensor:
 
 
 def sample(probs: Tensor, rng: torch.Generator) -> int:
-    """One token id drawn from a [V] distribution with an explicit generator (reproducible runs)."""
-    return int(torch.multinomial(probs, 1, generator=rng))
+    """One token id drawn from a [V] distribution with an explicit generator (reproducible runs).
+    The generator is a CPU one on every device (draws depend on the seed and p alone), and CUDA's
+    multinomial refuses a CPU generator, hence the copy of p to the host (one [V] row per draw)."""
+    return int(torch.multinomial(probs.cpu(), 1, generator=rng))
