@@ -79,12 +79,18 @@ def run(plan: Plan, argv: list[str]) -> Path:
     manifest = Manifest.open(run_dir, settings, env.capture(), argv)
     torch.manual_seed(plan.seed)
     status = "interrupted"
+    # One drafter per method for the whole sweep: start() resets it per sequence, and its compiled
+    # steps (--compile) are then built once, not once per suite and temperature.
+    drafters: dict[str, Drafter] = {}
     try:
         for suite_name, suite in suites.items():
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
                 for method in methods:
-                    drafter = METHODS.get(method)(target, plan.checkpoints.get(method), **plan.options.get(method, {}))
+                    if method not in drafters:
+                        drafters[method] = METHODS.get(method)(target, plan.checkpoints.get(method),
+                                                               **plan.options.get(method, {}))
+                    drafter = drafters[method]
                     path = answer_file(run_dir, suite_name, method, temperature)
                     manifest.add_cell({"suite": suite_name, "method": method, "temperature": temperature,
                                        "file": str(path.relative_to(run_dir)), "options": drafter.settings(),
