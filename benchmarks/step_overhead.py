@@ -2,9 +2,10 @@
 
 The target is rebuilt from its own config with the same layers and operators but a 64-wide hidden
 state, a 1024-token vocabulary (the prompt's ids are folded into it) and random weights, so every
-step issues the same operators as the real model while their arithmetic is negligible. What remains per step is Python, the framework's dispatch and
-the harness's own work (tree building, masks, verification, cache compaction): on a GPU, where a
-small target's step is launch-bound, that is what bounds the speedup. Methods run with random
+step issues the same operators as the real model while their arithmetic is negligible. What remains
+per step is Python, the framework's dispatch and the harness's own work (tree building, masks,
+verification, cache compaction): on a GPU, where a small target's step is launch-bound, that is
+what bounds the speedup. Methods run with random
 drafts (their trees have full size; accept lengths are meaningless here). Every figure comes from
 one process, after a warm-up, per --compile mode given.
 
@@ -68,7 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default=None)
     parser.add_argument("--methods", default="vanilla,pld,eagle2")
-    parser.add_argument("--modes", default="off,static", help=f"--compile modes to compare ({', '.join(COMPILE_MODES)})")
+    parser.add_argument("--modes", default="off,static",
+                        help=f"--compile modes to compare ({', '.join(COMPILE_MODES)})")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--tokens", type=int, default=200)
@@ -79,7 +81,8 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         target = hollow_target(real, args.width, args.vocab, mode)
-        rows += [{"compile": mode, **measure(target, method, prompt, args.tokens)} for method in args.methods.split(",")]
+        rows += [{"compile": mode, **measure(target, method, prompt, args.tokens)}
+                 for method in args.methods.split(",")]
     table = pd.DataFrame(rows)
     print(f"{real.model_id} at hidden size {args.width}, vocabulary {args.vocab} "
           f"({real.config.num_hidden_layers} layers), {real.device}, "

@@ -2,9 +2,9 @@
 
 Each layer owns buffers [B, H_kv, max_len, D] allocated once; when every layer has the same shape
 (the usual case) they are views of one [layers, 2, B, H_kv, max_len, D] tensor, so compaction is
-one gather and one copy for the whole model instead of two per layer. ``update`` (called by the Hugging Face
-attention layers) writes the new keys after the valid range and returns views of the valid range,
-so attention costs what the context needs, not max_len, and no step reallocates the cache.
+one gather and one copy for the whole model instead of two per layer. ``update`` (called by the
+Hugging Face attention layers) writes the new keys after the valid range and returns views of the
+valid range, so attention costs what the context needs, not max_len, and no step reallocates.
 ``keep`` compacts after verification: the accepted tree nodes are gathered and written to the slots
 right after the committed prefix; the rest is left to be overwritten (REFERENCE §2.9).
 For fixed-shape (compiled) forwards, ``SlotCache.write_at`` switches ``update`` to writing at given
@@ -102,6 +102,7 @@ class SlotCache(Cache):
             self.joint = key_states.new_zeros(shape)
         fits = self.joint.shape == shape and self.joint.dtype == key_states.dtype
         return self.joint if fits and self.joint.device == key_states.device else None
+
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()

@@ -268,7 +268,7 @@ class Eagle2(Drafter):
             self.cache.write_at(write_at, mask.shape[-1])
         out = self.net(self.target.embed(tokens)[None], features[None], positions, mask, self.cache)[0]
         for_head, for_next = self.net.split(out)
-        top_scores, top_ids = self.top_tokens(for_head, tokens.shape[0])
+        top_scores, top_ids = self.top_tokens(for_head, self.options.top_k)
         return top_scores, top_ids, for_next
 
     def select(self, root: Tensor, tokens: Tensor, scores: Tensor, parents: Tensor) -> DraftTree:
