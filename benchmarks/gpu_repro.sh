@@ -5,12 +5,15 @@
 # Device call 1: carry .gpu/a .gpu/whl .gpu/init            command: bash .gpu/init/device-init.sh
 # Device call 2: carry .gpu/b .gpu/init .gpu/data, at once  command: bash .gpu/init/device-init.sh &&
 #                                                                      bash benchmarks/gpu_repro.sh speed
-# Later calls while the machine is warm:  bash benchmarks/gpu_repro.sh sweep | datagen | train METHOD
+# Later calls while the machine is warm:  bash benchmarks/gpu_repro.sh trees | sweep | datagen | train METHOD
 #
 # Phases (settings from the environment; every figure is a ratio measured within one call):
 #   speed    decode_overhead.py: hf-generate, raw loop, vanilla and eagle2/hass/coral, eager and compiled
-#            (--compile $COMPILE); tree_size.py: verify forward time vs tree size next to the bandwidth floor.
-#   sweep    harness run over $METHODS x $SUITES x T=$TEMPERATURES with the committed drafts (or $DRAFTS/<m>
+#            (--compile $COMPILE), $TOKENS tokens; then step_overhead.py (host cost per step, eager/compiled).
+#   trees    tree_size.py, compiled: verify forward time vs tree size next to the bandwidth floor, and
+#            eagle2's tokens/s at several total_tokens (the size to use on this device).
+#   sweep    harness run over $METHODS x $SUITES x T=$TEMPERATURES, $LIMIT questions per task, with the
+#            committed drafts (or $DRAFTS/<m>
 #            when trained here), compiled, then the report; results and report come back as one tar.gz.
 #   datagen  self-distillation data for training ($SAMPLES answers).
 #   train M  train draft M on that data with the GPU preset for at most $TRAIN_SECONDS; the checkpoint
@@ -27,8 +30,8 @@ COMPILE=${COMPILE:-reduce-overhead}
 METHODS=${METHODS:-hf-generate,pld,eagle2,hass,fspad,coral,medusa}
 SUITES=${SUITES:-mtbench,gsm8k,humaneval,specbench}
 TEMPERATURES=${TEMPERATURES:-0,1}
-LIMIT=${LIMIT:-20}
-TOKENS=${TOKENS:-256}
+LIMIT=${LIMIT:-5}
+TOKENS=${TOKENS:-128}
 SAMPLES=${SAMPLES:-4096}
 TRAIN_SECONDS=${TRAIN_SECONDS:-480}
 PY=${PYTHON:-python3}
@@ -57,14 +60,17 @@ case "${1:-}" in
     cp -r ../shared/data/{spec_bench,mt_bench,gsm8k,humaneval,train_prompts} .gpu/data/
     du -sh .gpu/data ;;
   speed)
-    bw=$(bandwidth_gbs)
     "$PY" benchmarks/decode_overhead.py --methods eagle2,hass,coral --compile "$COMPILE" --tokens "$TOKENS" \
-      --repeats 5 --json "$OUT/decode_overhead.json" 2>&1 | grep -v '^\s*$' | tail -n 20
+      --repeats 3 --json "$OUT/decode_overhead.json" 2>&1 | grep -v '^\s*$' | tail -n 12
+    "$PY" benchmarks/step_overhead.py --modes "off,$COMPILE" --tokens 100 --json "$OUT/step_overhead.json" \
+      2>&1 | tail -n 8 ;;
+  trees)
+    bw=$(bandwidth_gbs)
     "$PY" benchmarks/tree_size.py --compile "$COMPILE" ${bw:+--bandwidth-gbs $bw} --tokens 128 \
       --json "$OUT/tree_size.json" 2>&1 | tail -n 30 ;;
   sweep)
     # shellcheck disable=SC2046
-    "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" --temperature "$TEMPERATURES" --limit "$LIMIT" \
+    "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" --temperature "$TEMPERATURES" --limit "$LIMIT" --per-task \
       --max-new-tokens "$TOKENS" --compile "$COMPILE" --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
       | grep -v 'it/s\]\|s/it\]' | tail -n 60
     "$PY" -m harness report --results "$WORK/results/gpu-sweep" --out "$WORK/reports/gpu-sweep" | tail -n 5
@@ -78,6 +84,6 @@ case "${1:-}" in
       --set time_budget_s="$TRAIN_SECONDS" 2>&1 | tail -n 5
     tar czf "$OUT/draft-$method.tar.gz" -C "$DRAFTS" "$method" ;;
   *)
-    echo "usage: bash benchmarks/gpu_repro.sh stage | speed | sweep | datagen | train METHOD" >&2
+    echo "usage: bash benchmarks/gpu_repro.sh stage | speed | trees | sweep | datagen | train METHOD" >&2
     exit 2 ;;
 esac

@@ -60,6 +60,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--limit", type=int, default=None, help="first N questions of each suite")
+    p.add_argument("--per-task", action="store_true",
+                   help="--limit counts per task (Spec-Bench's six tasks, MT-bench's eight categories)")
     p.add_argument("--categories", type=_csv, default=None, help="suite tasks or categories to keep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="run directory (default: results/<target>-<settings hash>)")
@@ -88,7 +90,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         raise UserError("--max-new-tokens and --limit must be positive")
     plan = runner.Plan(
         methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
-        max_new_tokens=args.max_new_tokens, limit=args.limit, categories=args.categories, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories, seed=args.seed,
         top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
         options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
         warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,

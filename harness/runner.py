@@ -36,6 +36,7 @@ class Plan:
     target: str | None = None
     max_new_tokens: int = 256
     limit: int | None = None
+    per_task: bool = False          # limit counts per task (Spec-Bench task / category), not per suite
     categories: tuple[str, ...] | None = None
     seed: int = 0
     top_p: float = 1.0
@@ -70,7 +71,7 @@ def run(plan: Plan, argv: list[str]) -> Path:
             raise UserError(f"options given for {method!r}, which is not among --methods {','.join(methods)}")
         parse_options(METHODS.get(method).Options, options, method)
     suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
-    questions = {name: suite.questions()[: plan.limit] for name, suite in suites.items()}
+    questions = {name: _first(suite.questions(), plan.limit, plan.per_task) for name, suite in suites.items()}
     target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
     target.compile_tree_forward(plan.compile, plan.compile_bucket)
     settings = plan.settings(target)
@@ -144,6 +145,21 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
                 method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
                 generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless))
             bar.update(1)
+
+
+def _first(questions: list[Question], limit: int | None, per_task: bool) -> list[Question]:
+    """The first ``limit`` questions, or the first ``limit`` of each task, in file order: a subset
+    that spans every task instead of the file's first task only."""
+    if limit is None or not per_task:
+        return questions[:limit]
+    taken: dict[str, int] = {}
+    kept = []
+    for question in questions:
+        task = question.task or question.category
+        if taken.get(task, 0) < limit:
+            taken[task] = taken.get(task, 0) + 1
+            kept.append(question)
+    return kept
 
 
 def _seed(seed: int, suite: str, question_id: str, turn: int) -> int:

@@ -132,3 +132,12 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(tiny_dir, tmp_pat
     assert len(read_rows(answer_file(run_dir, "tiny-words", "vanilla", 0.0))) == 2
     with pytest.raises(UserError, match="compile"):
         runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=2, compile="static"), argv=["c"])
+
+
+def test_per_task_limits_take_the_first_questions_of_every_task(shared_data):
+    questions = SUITES.get("specbench")(data_dir=shared_data).questions()
+    kept = runner._first(questions, 2, per_task=True)
+    tasks = [q.task or q.category for q in kept]
+    assert len(set(tasks)) == 6 and all(tasks.count(t) == 2 for t in set(tasks))
+    assert [q.id for q in kept] == [q.id for q in questions if q in kept], "file order is kept"
+    assert runner._first(questions, 2, per_task=False) == questions[:2]
