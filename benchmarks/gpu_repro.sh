@@ -13,8 +13,8 @@
 #   trees    tree_size.py, compiled: verify forward time vs tree size next to the bandwidth floor, and
 #            eagle2's tokens/s at several total_tokens (the size to use on this device).
 #   sweep    harness run over $METHODS x $SUITES x T=$TEMPERATURES, $LIMIT questions per task, with the
-#            committed drafts (or $DRAFTS/<m>
-#            when trained here), compiled, then the report; results and report come back as one tar.gz.
+#            committed drafts (or $DRAFTS/<m> when trained here), compiled, then the report; results and
+#            report come back as one tar.gz. A sweep cut by the call's time limit resumes when rerun.
 #   datagen  self-distillation data for training ($SAMPLES answers).
 #   train M  train draft M on that data with the GPU preset for at most $TRAIN_SECONDS; the checkpoint
 #            lands in $DRAFTS/M (kept for sweep) and comes back as a tar.gz.
@@ -69,10 +69,13 @@ case "${1:-}" in
     "$PY" benchmarks/tree_size.py --compile "$COMPILE" ${bw:+--bandwidth-gbs $bw} --tokens 128 \
       --json "$OUT/tree_size.json" 2>&1 | tail -n 30 ;;
   sweep)
+    # Stop the sweep before the call's 10 minutes run out, so the report and the archive still come back;
+    # rerunning the phase resumes it.
     # shellcheck disable=SC2046
-    "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" --temperature "$TEMPERATURES" --limit "$LIMIT" --per-task \
-      --max-new-tokens "$TOKENS" --compile "$COMPILE" --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
-      | grep -v 'it/s\]\|s/it\]' | tail -n 60
+    timeout "${SWEEP_SECONDS:-480}" "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" \
+      --temperature "$TEMPERATURES" --limit "$LIMIT" --per-task --max-new-tokens "$TOKENS" --compile "$COMPILE" \
+      --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
+      | grep -v 'it/s\]\|s/it\]' | tail -n 60 || echo "sweep stopped at the time limit: rerun this phase to resume"
     "$PY" -m harness report --results "$WORK/results/gpu-sweep" --out "$WORK/reports/gpu-sweep" | tail -n 5
     tar czf "$OUT/gpu-sweep.tar.gz" -C "$WORK" results/gpu-sweep reports/gpu-sweep ;;
   datagen)
