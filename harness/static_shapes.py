@@ -11,6 +11,7 @@ commit like any rejected node's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -28,6 +29,17 @@ class StaticStep:
     mask: Tensor
     write_at: Tensor
     nodes: int          # the real tree nodes, rows 0 .. nodes-1
+
+
+def compiled(step: Callable, mode: str) -> Callable | None:
+    """The fixed-shape step to run under a compile mode: None when off, the step itself when "static"
+    (eager), else torch.compile(step) ("reduce-overhead" records CUDA graphs on a GPU)."""
+    if mode == "off":
+        return None
+    if mode == "static":
+        return step
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(step, mode=None if mode == "default" else mode)
 
 
 def padded_size(nodes: int) -> int:

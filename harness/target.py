@@ -76,13 +76,7 @@ class Target:
         if bucket < 1:
             raise UserError("the attention window bucket must be a positive number of slots")
         self.compile_mode, self.bucket = mode, bucket
-        if mode == "off":
-            self._fixed_forward = None
-        elif mode == "static":
-            self._fixed_forward = self._padded_forward
-        else:
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-            self._fixed_forward = torch.compile(self._padded_forward, mode=None if mode == "default" else mode)
+        self._fixed_forward = static_shapes.compiled(self._padded_forward, mode)
 
     def warm_up_fixed_shapes(self, tree_sizes: set[int], windows: int = 3) -> None:
         """Run fixed-shape forwards for these tree sizes at the first few window sizes, so the compiler's

@@ -33,6 +33,7 @@ from methods import _eagle_io as eagle_io
 from methods._eagle_train import EagleLoss, EagleObjective
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+FIXED_CONTEXT_MAX = 32   # longer context passes (the prompt's) run eagerly at their exact size
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,9 @@ class Eagle2(Drafter):
         extra = (self.options.depth + 1) * self.options.top_k + 8
         self.cache = SlotCache(1, target.max_len + extra)
         self.stable = 0
-        # With the target's --compile, tree levels run in fixed shapes too (and compiled, unless "static").
-        mode = target.compile_mode
-        self._fixed_level = None if mode == "off" else self._level_step if mode == "static" else torch.compile(
-            self._level_step, mode=None if mode == "default" else mode)
+        # With the target's --compile, the draft's steps run in fixed shapes too (compiled, unless "static").
+        self._fixed_level = static_shapes.compiled(self._level_step, target.compile_mode)
+        self._fixed_context = static_shapes.compiled(self._context_step, target.compile_mode)
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -196,15 +196,38 @@ class Eagle2(Drafter):
     @torch.no_grad()
     def propose(self, root: Tensor) -> DraftTree:
         device = self.target.device
-        tokens = torch.tensor(self.pending_tokens + [int(root)], device=device)
-        n = tokens.shape[0]
-        positions = torch.arange(self.stable, self.stable + n, device=device)[None]
-        mask = causal_mask(n, self.stable, self.target.dtype, device)
-        out = self.net(self.target.embed(tokens)[None], self.pending_features[None], positions, mask, self.cache)
-        self.stable += n
-        tree = self.grow(root, out[0, -1])
+        tokens = self.pending_tokens + [int(root)]
+        root_out = self.context_pass(tokens, self.pending_features)
+        self.stable += len(tokens)
+        tree = self.grow(root, root_out)
         self.cache.keep(self.stable, torch.arange(0, device=device))   # drop the expansion entries
         return tree
+
+    def context_pass(self, tokens: list[int], features: Tensor) -> Tensor:
+        """Feed the newly committed tokens (with the target features before them) into the draft's cache;
+        the output at the last one, the root, starts the tree. Fixed shapes under --compile, except for
+        the prompt's pass: the tokens form a chain scored like a padded tree (harness/static_shapes.py)."""
+        n, device, dtype = len(tokens), self.target.device, self.target.dtype
+        if self._fixed_context is None or n > FIXED_CONTEXT_MAX:
+            positions = torch.arange(self.stable, self.stable + n, device=device)[None]
+            out = self.net(self.target.embed(torch.tensor(tokens, device=device))[None], features[None], positions,
+                           causal_mask(n, self.stable, dtype, device), self.cache)
+            return out[0, -1]
+        chain = DraftTree.chain(torch.tensor(tokens[0]), torch.tensor(tokens[1:], dtype=torch.long))
+        step = static_shapes.tree_step(chain, self.stable, self.target.bucket, self.cache.max_len, device)
+        padded = torch.zeros(step.ids.shape[1], features.shape[-1], dtype=features.dtype, device=device)
+        padded[:n] = features
+        self.cache.mark_static_addresses()
+        try:
+            out = self._fixed_context(step.ids, padded, step.positions, additive(step.mask[0, 0], dtype), step.write_at)
+        finally:
+            self.cache.write_at(None)
+        return out[n - 1].clone()
+
+    def _context_step(self, ids: Tensor, features: Tensor, positions: Tensor, mask: Tensor,
+                      write_at: Tensor) -> Tensor:
+        self.cache.write_at(write_at, mask.shape[-1])
+        return self.net(self.target.embed(ids), features[None], positions, mask, self.cache)[0]
 
     def top_tokens(self, features: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """[n, H] draft features -> the k best (log-probabilities, token ids), each [n, k]; no temperature,
@@ -251,7 +274,7 @@ class Eagle2(Drafter):
             return self._level_step(tokens, features, positions, additive(allowed, dtype), None)
         # Fixed shapes: write at explicit slots, attend over a bucketed window (harness/static_shapes.py).
         start = allowed.shape[1] - k
-        window = static_shapes.window_size(allowed.shape[1], self.target.bucket, self.cache.layers[0].max_len)
+        window = static_shapes.window_size(allowed.shape[1], self.target.bucket, self.cache.max_len)
         padded = torch.zeros(k, window, dtype=torch.bool, device=tokens.device)
         padded[:, :allowed.shape[1]] = allowed
         self.cache.mark_static_addresses()
