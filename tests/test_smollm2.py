@@ -1,5 +1,6 @@
 """Integration on the embedded default target, SmolLM2-135M-Instruct (real weights, fp32 on CPU)."""
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,20 @@ def test_a_second_load_uses_the_converted_cache(smol):
     again = Target.load("smollm2-135m")
     assert time.perf_counter() - start < 10
     assert again.vocab_size == 49152 and again.fingerprint()["hidden_size"] == 576
+
+
+def test_the_default_targets_file_under_another_path_keeps_its_name_and_drafts(smol, tmp_path):
+    """On the GPU machine the GGUF file arrives as /tmp/m/<file>: it must still find the committed drafts."""
+    import importlib.util
+
+    from harness.loading import ALIASES
+
+    package, filename, _ = ALIASES["smollm2-135m"]
+    copy = tmp_path / filename
+    copy.symlink_to(Path(list(importlib.util.find_spec(package).submodule_search_locations)[0]) / filename)
+    moved = Target.load(str(copy))
+    assert moved.model_id == "smollm2-135m"
+    assert METHODS.get("eagle2")(moved).checkpoint is None   # the default checkpoint resolves
 
 
 def test_vanilla_and_pld_equal_transformers_greedy(smol):
