@@ -24,6 +24,7 @@ from harness.records import Manifest, RowWriter, answer_file, comparable_setting
 from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.target import Target
+from harness.verify import Verifier
 
 WARMUP_MAX_NEW_TOKENS = 64
 
@@ -112,10 +113,7 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
     verifier = drafter.verifier()
     for _ in range(plan.warmup):
-        prompt = chat.render(target.tokenizer, [{"role": "user", "content": questions[0].turns[0]}])
-        gen = generate(target, drafter, verifier, prompt, max_new_tokens=min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
-                       stop_ids=stops, sampling=sampling, rng=torch.Generator().manual_seed(plan.seed))
-        target.warm_up_fixed_shapes(set(gen.tree_sizes))
+        _warm_up(plan, target, drafter, verifier, questions[0].turns[0], stops, sampling)
     scoring = not suite.unsafe or plan.allow_code_exec
     if not scoring:
         print(f"note: {suite.name} answers are not scored: scoring executes model output; "
@@ -145,6 +143,25 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
                 method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
                 generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless))
             bar.update(1)
+
+
+def _warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, text: str, stops: frozenset[int],
+             sampling: SamplingParams) -> None:
+    """Untimed generations before a cell. Under --compile they also build every graph the timed ones
+    need: the tree sizes seen at the first windows of the target's cache, and a prompt long enough to
+    reach a second window, after which the compiler's dynamic-shape graphs cover the rest."""
+    prompt = chat.render(target.tokenizer, [{"role": "user", "content": text}])
+    rng = torch.Generator().manual_seed(plan.seed)
+    budget = min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS)
+    gen = generate(target, drafter, verifier, prompt, max_new_tokens=budget, stop_ids=stops, sampling=sampling, rng=rng)
+    if target.compile_mode == "off":
+        return
+    target.warm_up_fixed_shapes(set(gen.tree_sizes))
+    repeats = target.bucket // max(len(prompt), 1) + 2
+    long_prompt = chat.render(target.tokenizer, [{"role": "user", "content": " ".join([text] * repeats)}])
+    if len(long_prompt) + 2 * budget < target.max_len:
+        generate(target, drafter, verifier, long_prompt, max_new_tokens=budget, stop_ids=stops, sampling=sampling,
+                 rng=rng)
 
 
 def _first(questions: list[Question], limit: int | None, per_task: bool) -> list[Question]:
