@@ -98,8 +98,9 @@ class Eagle2(Drafter):
         self.cache = SlotCache(1, target.max_len + extra)
         self.stable = 0
         # With the target's --compile, the draft's steps run in fixed shapes too (compiled, unless "static").
-        self._fixed_level = static_shapes.compiled(self._level_step, target.compile_mode)
-        self._fixed_context = static_shapes.compiled(self._context_step, target.compile_mode)
+        mode = target.compile_mode
+        self._compiled_level = None if mode == "static" else static_shapes.compiled(self._level_step, mode)
+        self._fixed_context = static_shapes.compiled(self._context_step, mode)
 
     # ---- checkpoints ------------------------------------------------------------------------------
 
@@ -239,60 +240,61 @@ class Eagle2(Drafter):
         k, device = self.options.top_k, self.target.device
         for_head, for_next = self.net.split(root_out)
         top_scores, top_ids = self.top_tokens(for_head[None], k)
-        top_scores, top_ids = top_scores[0], top_ids[0]
-        rec_tokens, rec_scores = [top_ids], [top_scores]
-        rec_parents = [torch.full((k,), -1, device=device)]
-        frontier_tokens, frontier_scores = top_ids, top_scores
-        frontier_features = for_next.expand(k, -1)
-        frontier_ids = torch.arange(k, device=device)
-        ancestry = torch.zeros(k, 0, dtype=torch.bool, device=device)
-        recorded = k
-        eye = torch.eye(k, dtype=torch.bool, device=device)
+        tokens, scores, features = top_ids[0], top_scores[0], for_next.expand(k, -1)
+        rec_tokens, rec_scores, rec_parents = [tokens], [scores], [torch.full((k,), -1, device=device)]
+        frontier_ids, recorded = torch.arange(k, device=device), k
+        # The levels' keys go to the draft cache's slots stable + level * k + i. Each frontier node sees the
+        # stable context, its ancestors' slots and its own; the window covers every level (rounded up to the
+        # target's bucket under --compile, so all steps share a few shapes).
+        bucket = 1 if self.target.compile_mode == "off" else self.target.bucket
+        window = static_shapes.window_size(self.stable + (self.options.depth + 1) * k, bucket, self.cache.max_len)
+        write_at = torch.arange(self.stable, self.stable + k, device=device)
+        allowed = torch.zeros(k, window, dtype=torch.bool, device=device)
+        allowed[:, :self.stable] = True
+        allowed[torch.arange(k, device=device), write_at] = True
         for level in range(self.options.depth):
-            # Each frontier node sees the whole stable context, its ancestors' entries and itself.
-            allowed = torch.cat([torch.ones(k, self.stable, dtype=torch.bool, device=device), ancestry, eye], 1)
-            top_scores, top_ids, for_next = self.expand(level, frontier_tokens, frontier_features, allowed)
-            scores = (frontier_scores[:, None] + top_scores).flatten()        # cumulative log q of each path
-            rec_tokens.append(top_ids.flatten())
-            rec_scores.append(scores)
+            positions = torch.full((1, k), self.stable + level, device=device)
+            child_ids, child_scores, best, tokens, scores, features, allowed, write_at = self.run_level(
+                tokens, features, scores, allowed, positions, write_at)
+            rec_tokens.append(child_ids)
+            rec_scores.append(child_scores)
             rec_parents.append(frontier_ids.repeat_interleave(k))
-            best = scores.topk(k).indices
-            slot = best // k
-            ancestry = torch.cat([ancestry[slot], eye[slot]], dim=1)
-            frontier_tokens, frontier_scores = top_ids.flatten()[best], scores[best]
-            frontier_features = for_next[slot]
             frontier_ids = recorded + best
             recorded += k * k
+        self.cache.write_at(None)
         return self.select(root, torch.cat(rec_tokens), torch.cat(rec_scores), torch.cat(rec_parents))
 
-    def expand(self, level: int, tokens: Tensor, features: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One tree level: the k frontier nodes (allowed: [k, keys] attention) through the net, then their
-        top-k children: scores [k, k], ids [k, k] and the features the next level feeds [k, H]."""
-        k, dtype = tokens.shape[0], self.target.dtype
-        positions = torch.full((1, k), self.stable + level, device=tokens.device)
-        if self._fixed_level is None:
-            return self._level_step(tokens, features, positions, additive(allowed, dtype), None)
-        # Fixed shapes: write at explicit slots, attend over a bucketed window (harness/static_shapes.py).
-        start = allowed.shape[1] - k
-        window = static_shapes.window_size(allowed.shape[1], self.target.bucket, self.cache.max_len)
-        padded = torch.zeros(k, window, dtype=torch.bool, device=tokens.device)
-        padded[:, :allowed.shape[1]] = allowed
+    def run_level(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """One tree level through ``_level_step``: compiled under --compile (outputs copied, since CUDA-graph
+        outputs are overwritten by the next replay), called as is otherwise."""
+        if self._compiled_level is None:
+            return self._level_step(*inputs)
         self.cache.mark_static_addresses()
         try:
-            out = self._fixed_level(tokens, features, positions, additive(padded, dtype),
-                                    torch.arange(start, start + k, device=tokens.device))
+            return tuple(t.clone() for t in self._compiled_level(*inputs))
         finally:
             self.cache.write_at(None)
-        return tuple(t.clone() for t in out)   # CUDA-graph outputs are overwritten by the next replay
 
-    def _level_step(self, tokens: Tensor, features: Tensor, positions: Tensor, mask: Tensor,
-                    write_at: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        if write_at is not None:
-            self.cache.write_at(write_at, mask.shape[-1])
-        out = self.net(self.target.embed(tokens)[None], features[None], positions, mask, self.cache)[0]
+    def _level_step(self, tokens: Tensor, features: Tensor, scores: Tensor, allowed: Tensor, positions: Tensor,
+                    write_at: Tensor) -> tuple[Tensor, ...]:
+        """The k frontier nodes (token ids, features, cumulative log q; allowed [k, window] attention) through
+        the net; their k * k children (ids, cumulative scores); the k best of those (indices into the k * k)
+        and, for them, the next level's tokens, scores, features, attention rows and cache slots."""
+        k = self.options.top_k
+        self.cache.write_at(write_at, allowed.shape[1])
+        out = self.net(self.target.embed(tokens)[None], features[None], positions,
+                       additive(allowed, self.target.dtype), self.cache)[0]
         for_head, for_next = self.net.split(out)
-        top_scores, top_ids = self.top_tokens(for_head, self.options.top_k)
-        return top_scores, top_ids, for_next
+        top_scores, top_ids = self.top_tokens(for_head, k)
+        child_scores = (scores[:, None] + top_scores).flatten()
+        child_ids = top_ids.flatten()
+        best = child_scores.topk(k).indices
+        parent = best // k
+        next_allowed = allowed[parent]                      # the parent's view: context, its ancestors, itself
+        next_write = write_at + k
+        next_allowed[torch.arange(k, device=allowed.device), next_write] = True   # and the child itself
+        return (child_ids, child_scores, best, child_ids[best], child_scores[best], for_next[parent], next_allowed,
+                next_write)
 
     def select(self, root: Tensor, tokens: Tensor, scores: Tensor, parents: Tensor) -> DraftTree:
         """Keep the best total_tokens - 1 recorded nodes; a stable sort keeps every parent before its child."""

@@ -47,7 +47,7 @@ def test_greedy_decoding_with_fixed_shapes_matches_plain_greedy_across_windows(f
     target.compile_tree_forward("static", bucket=8)
     drafters = [METHODS.get("vanilla")(target), NoisyTreeDrafter(target, depth=3, top_k=2, noise=0.3)]
     drafters += [METHODS.get(name)(target, checkpoint="random") for name in ("eagle2", "fspad", "coral")]
-    assert drafters[-1]._fixed_level is not None, "EAGLE-family tree levels follow the target into fixed shapes"
+    assert drafters[-1]._fixed_context is not None, "EAGLE-family drafters follow the target into fixed shapes"
     for drafter in drafters:
         gen = greedy(target, drafter, PROMPTS[1], max_new_tokens=60)
         assert gen.tokens == hf_greedy(target.model, PROMPTS[1], 60), drafter.name
