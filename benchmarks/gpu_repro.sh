@@ -13,8 +13,10 @@
 #   trees    tree_size.py, compiled: verify forward time vs tree size next to the bandwidth floor, and
 #            eagle2's tokens/s at several total_tokens (the size to use on this device).
 #   sweep    harness run over $METHODS x $SUITES x T=$TEMPERATURES, $LIMIT questions per task, with the
-#            committed drafts (or $DRAFTS/<m> when trained here), compiled, then the report; results and
-#            report come back as one tar.gz. A sweep cut by the call's time limit resumes when rerun.
+#            committed drafts (or $DRAFTS/<m> when trained here) and the total_tokens the trees phase chose
+#            (run trees first: a sweep resumes only with the settings it started with), compiled; then
+#            the report. Results and report come back as one tar.gz. A sweep cut by the call's time limit
+#            resumes when rerun.
 #   datagen  self-distillation data for training ($SAMPLES answers).
 #   train M  train draft M on that data with the GPU preset for at most $TRAIN_SECONDS; the checkpoint
 #            lands in $DRAFTS/M (kept for sweep) and comes back as a tar.gz.
@@ -47,6 +49,16 @@ print(next((gbs for key, gbs in table.items() if key in name), 0))
 PY
 }
 
+tuned_args() {   # the total_tokens the trees phase found best on this device, for every EAGLE-family method
+  [ -f "$WORK/tree_size.json" ] || return 0
+  local total
+  total=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["recommended_total_tokens"])' \
+    "$WORK/tree_size.json")
+  for method in eagle2 hass fspad coral coral-fullhead; do
+    case ",$METHODS," in *",$method,"*) echo -n "--opt $method.total_tokens=$total " ;; esac
+  done
+}
+
 checkpoint_args() {   # drafts trained in this session replace the committed ones
   local args=()
   for dir in "$DRAFTS"/*/; do [ -f "$dir/config.json" ] && args+=(--checkpoint "$(basename "$dir")=$dir"); done
@@ -67,14 +79,15 @@ case "${1:-}" in
   trees)
     bw=$(bandwidth_gbs)
     "$PY" benchmarks/tree_size.py --compile "$COMPILE" ${bw:+--bandwidth-gbs $bw} --tokens 128 \
-      --json "$OUT/tree_size.json" 2>&1 | tail -n 30 ;;
+      --json "$WORK/tree_size.json" 2>&1 | tail -n 30
+    cp "$WORK/tree_size.json" "$OUT/" ;;
   sweep)
     # Stop the sweep before the call's 10 minutes run out, so the report and the archive still come back;
     # rerunning the phase resumes it.
     # shellcheck disable=SC2046
     timeout "${SWEEP_SECONDS:-480}" "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" \
       --temperature "$TEMPERATURES" --limit "$LIMIT" --per-task --max-new-tokens "$TOKENS" --compile "$COMPILE" \
-      --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) 2>&1 \
+      --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) $(tuned_args) 2>&1 \
       | grep -v 'it/s\]\|s/it\]' | tail -n 60 || echo "sweep stopped at the time limit: rerun this phase to resume"
     "$PY" -m harness report --results "$WORK/results/gpu-sweep" --out "$WORK/reports/gpu-sweep" | tail -n 5
     tar czf "$OUT/gpu-sweep.tar.gz" -C "$WORK" results/gpu-sweep reports/gpu-sweep ;;
