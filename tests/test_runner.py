@@ -141,3 +141,12 @@ def test_per_task_limits_take_the_first_questions_of_every_task(shared_data):
     assert len(set(tasks)) == 6 and all(tasks.count(t) == 2 for t in set(tasks))
     assert [q.id for q in kept] == [q.id for q in questions if q in kept], "file order is kept"
     assert runner._first(questions, 2, per_task=False) == questions[:2]
+
+
+def test_hf_generate_samples_at_temperature_one(tiny_dir, tmp_path):
+    run_dir = runner.run(plan(tiny_dir, tmp_path / "run", methods=("hf-generate",), temperatures=(1.0,), limit=2),
+                         argv=["t"])
+    rows = read_rows(answer_file(run_dir, "tiny-words", "hf-generate", 1.0))
+    choice = rows[0]["choices"][0]
+    assert len(rows) == 2 and sum(choice["new_tokens"]) > 0
+    assert set(choice["accept_lengths"]) == {1}, "one token per target forward"
