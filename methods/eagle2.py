@@ -97,7 +97,8 @@ class Eagle2(Drafter):
         extra = (self.options.depth + 1) * self.options.top_k + 8
         self.cache = SlotCache(1, target.max_len + extra)
         self.stable = 0
-        # With the target's --compile, the draft's steps run in fixed shapes too (compiled, unless "static").
+        # With the target's --compile, the draft's steps run in fixed shapes too, compiled unless "static"
+        # (tree levels always run one function; only its window and compilation depend on the mode).
         mode = target.compile_mode
         self._compiled_level = None if mode == "static" else static_shapes.compiled(self._level_step, mode)
         self._fixed_context = static_shapes.compiled(self._context_step, mode)
@@ -206,8 +207,9 @@ class Eagle2(Drafter):
 
     def context_pass(self, tokens: list[int], features: Tensor) -> Tensor:
         """Feed the newly committed tokens (with the target features before them) into the draft's cache;
-        the output at the last one, the root, starts the tree. Fixed shapes under --compile, except for
-        the prompt's pass: the tokens form a chain scored like a padded tree (harness/static_shapes.py)."""
+        the output at the last one, the root, starts the tree. Under --compile the tokens go in as a chain
+        padded like a tree (fixed shapes, harness/static_shapes.py); a pass longer than FIXED_CONTEXT_MAX
+        (the prompt's) runs eagerly at its exact size."""
         n, device, dtype = len(tokens), self.target.device, self.target.dtype
         if self._fixed_context is None or n > FIXED_CONTEXT_MAX:
             positions = torch.arange(self.stable, self.stable + n, device=device)[None]
