@@ -90,8 +90,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         raise UserError("--max-new-tokens and --limit must be positive")
     plan = runner.Plan(
         methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
-        max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories, seed=args.seed,
-        top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
+        max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories,
+        seed=args.seed, top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
         options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
         warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,
         compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec)

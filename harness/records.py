@@ -131,10 +131,9 @@ class Manifest:
         path = run_dir / "manifest.json"
         if path.is_file():
             data = json.loads(path.read_text())
-            before = comparable_settings(data.get("settings", {}))
-            if before != comparable_settings(settings):
-                changed = sorted(k for k in set(settings) | set(before)
-                                 if comparable_settings(settings).get(k) != before.get(k))
+            before, now = comparable_settings(data.get("settings", {})), comparable_settings(settings)
+            if before != now:
+                changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
                 raise UserError(f"{run_dir} holds results made with other settings ({', '.join(changed)}); "
                                 f"choose another --out or repeat the original settings")
             data["sweeps"].append({"argv": argv, "started": time.time(), "env": env})

@@ -138,7 +138,7 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
             scores = suite.score(question, texts) if scoring else {}
             writer.write(make_row(
                 question_id=int(question.id) if question.id.isdigit() else question.id,
-                category=question.category, task=question.task or question.category,
+                category=question.category, task=question.group,
                 model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
                 method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
                 generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless))
@@ -172,9 +172,8 @@ def _first(questions: list[Question], limit: int | None, per_task: bool) -> list
     taken: dict[str, int] = {}
     kept = []
     for question in questions:
-        task = question.task or question.category
-        if taken.get(task, 0) < limit:
-            taken[task] = taken.get(task, 0) + 1
+        if taken.get(question.group, 0) < limit:
+            taken[question.group] = taken.get(question.group, 0) + 1
             kept.append(question)
     return kept
 

@@ -29,6 +29,11 @@ class Question:
     reference: Any = None        # what score() needs: GSM8K answer, HumanEval tests, FollowEval rule
     task: str = ""               # report grouping (Spec-Bench task); empty means the category
 
+    @property
+    def group(self) -> str:
+        """The task a question is reported (and --per-task limited) under."""
+        return self.task or self.category
+
 
 class Suite(ABC):
     """One benchmark. Subclasses set ``name`` through ``SUITES.register`` and implement ``questions``."""
@@ -121,7 +126,7 @@ def describe_suites(data_dir: Path | None = None) -> list[dict[str, Any]]:
             row["error"] = str(exc)
         else:
             row["questions"] = len(questions)
-            row["tasks"] = dict(Counter(q.task or q.category for q in questions))
+            row["tasks"] = dict(Counter(q.group for q in questions))
             row["categories"] = dict(Counter(q.category for q in questions))
         rows.append(row)
     return rows

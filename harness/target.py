@@ -142,6 +142,10 @@ class Target:
             return None
         allowed = torch.ones(1, 1, tree.size, self.length + tree.size, dtype=torch.bool, device=self.device)
         allowed[0, 0, :, self.length:] = tree.ancestor_mask.to(self.device)
+        return self._for_attention(allowed)
+
+    def _for_attention(self, allowed: Tensor) -> Tensor:
+        """A boolean mask (True = may attend) as the attention kernel wants it: as is for SDPA, else additive."""
         if self.config._attn_implementation == "sdpa":
             return allowed
         return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
@@ -149,13 +153,10 @@ class Target:
 
     def _score_fixed(self, tree: DraftTree) -> TargetOut:
         step = static_shapes.tree_step(tree, self.length, self.bucket, self.max_len, self.device)
-        mask = step.mask
-        if self.config._attn_implementation != "sdpa":
-            mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
-                ~mask, torch.finfo(self.dtype).min)
         self.cache.mark_static_addresses()
         try:
-            hidden, logits, taps = self._fixed_forward(step.ids, step.positions, mask, step.write_at)
+            hidden, logits, taps = self._fixed_forward(step.ids, step.positions, self._for_attention(step.mask),
+                                                       step.write_at)
         finally:
             self.cache.write_at(None)
         n = step.nodes
