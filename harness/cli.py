@@ -1,7 +1,9 @@
 """Command line: ``python -m harness run | list | suites``.
 
 User mistakes (unknown names, missing data, bad settings) end with one line on stderr and exit
-code 2, never a traceback; an interrupted sweep says how to resume it.
+code 2, never a traceback; an interrupted sweep says how to resume it. A sweep in which a method
+labelled lossless lost vanilla's text at T = 0 prints its table, then one line per failing cell, and
+exits with code 3.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from harness import report
-from harness.errors import UserError
+from harness.errors import LosslessFailure, UserError
 from harness.static_shapes import COMPILE_MODES
 
 
@@ -101,8 +103,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         raise UserError("out of memory; finished questions are saved: lower --max-new-tokens or --max-len, "
                         "then rerun the same command to resume") from exc
     frame = metrics.load_frame(iter_result_files([run_dir]))
+    summary = metrics.summarize(frame)
     print(f"results: {run_dir}")
-    print(metrics.format_summary(metrics.summarize(frame)))
+    print(metrics.format_summary(summary))
+    failures = metrics.lossless_failures(summary)
+    if failures:
+        raise LosslessFailure("\n".join(failures))
 
 
 def _add_datagen(sub: argparse._SubParsersAction) -> None:
@@ -254,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LosslessFailure as exc:
+        print(exc, file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted: finished questions are saved; rerun the same command to resume", file=sys.stderr)
         return 130

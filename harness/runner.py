@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import chat, env
+from harness import chat, env, selfcheck
 from harness.decode import generate
 from harness.drafter import METHODS, Drafter, parse_options
 from harness.errors import UserError
@@ -75,10 +75,12 @@ def run(plan: Plan, argv: list[str]) -> Path:
     questions = {name: _first(suite.questions(), plan.limit, plan.per_task) for name, suite in suites.items()}
     target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
     target.compile_tree_forward(plan.compile, plan.compile_bucket)
+    check = selfcheck.require(target, plan.seed)   # before anything is measured or written
     settings = plan.settings(target)
     digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
     manifest = Manifest.open(run_dir, settings, env.capture(), argv)
+    manifest.data["sweeps"][-1]["target_check"] = check.as_dict()
     torch.manual_seed(plan.seed)
     status = "interrupted"
     # One drafter per method for the whole sweep: start() resets it per sequence, and its compiled

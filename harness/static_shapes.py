@@ -23,11 +23,13 @@ COMPILE_MODES = ("off", "static", "default", "reduce-overhead", "max-autotune")
 
 @dataclass(frozen=True)
 class StaticStep:
-    """One padded tree forward: ids and positions [1, P], mask [1, 1, P, W], cache slots to write [P]."""
+    """One padded tree forward: ids and positions [1, P], mask [1, 1, P, W], cache slots to write [P], and the
+    rotary position of each window slot [W] (for sliding-window layers)."""
     ids: Tensor
     positions: Tensor
     mask: Tensor
     write_at: Tensor
+    key_positions: Tensor
     nodes: int          # the real tree nodes, rows 0 .. nodes-1
 
 
@@ -64,4 +66,7 @@ def tree_step(tree: DraftTree, length: int, bucket: int, max_len: int, device: t
     pad = torch.arange(nodes, padded)
     allowed[0, 0, pad, length + pad] = True
     write_at = torch.arange(length, length + padded)
-    return StaticStep(ids.to(device), positions.to(device), allowed.to(device), write_at.to(device), nodes)
+    key_positions = torch.arange(window)
+    key_positions[length:length + padded] = positions[0]
+    return StaticStep(ids.to(device), positions.to(device), allowed.to(device), write_at.to(device),
+                      key_positions.to(device), nodes)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from harness import loading, static_shapes
+from harness.attention_layout import AttentionLayout
 from harness.errors import UserError
 from harness.kvcache import SlotCache
 from harness.tree import DraftTree
@@ -48,7 +49,12 @@ class Target:
         self.decoder = model.get_decoder()
         self.embed: nn.Embedding = model.get_input_embeddings()
         self.lm_head: nn.Linear = model.get_output_embeddings()
+        # What the model's own head applies after lm_head: Cohere multiplies by logit_scale, Granite divides by
+        # logits_scaling, Gemma 2/3 soft-cap. Any other rule is caught by the load-time self-check.
+        self.logit_scale = float(getattr(config, "logit_scale", None) or 1.0) / float(
+            getattr(config, "logits_scaling", None) or 1.0)
         self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.layout = AttentionLayout.of(config)   # refuses families the tree verifier cannot serve
         self.cache = SlotCache(config.num_hidden_layers, self.max_len)
         self.length = 0   # committed tokens in the cache
         self.compile_mode = "off"
@@ -134,18 +140,25 @@ class Target:
         positions = (tree.depth.to(self.device) + self.length).unsqueeze(0)
         return self._forward(tree.tokens.to(self.device).unsqueeze(0), positions, self._tree_mask(tree), logits_from=0)
 
-    def _tree_mask(self, tree: DraftTree) -> Tensor | None:
-        """[1, 1, N, L + N]: the committed prefix and the node's ancestors. None for the root alone (plain
-        causal attention, the model's fastest path); boolean for SDPA, which is faster than an additive
-        mask on CPU (measured 54 vs 62 ms per token on SmolLM2); additive for other attention kernels."""
+    def _tree_mask(self, tree: DraftTree) -> Tensor | dict[str, Tensor] | None:
+        """[1, 1, N, L + N] per layer type: the committed prefix and the node's ancestors, cut to the window of
+        sliding layers (harness/attention_layout.py). None for the root alone (plain causal attention, the
+        model's own masks and fastest path); boolean for SDPA, which is faster than an additive mask on CPU
+        (measured 54 vs 62 ms per token on SmolLM2); additive for other attention kernels."""
         if tree.size == 1:
             return None
         allowed = torch.ones(1, 1, tree.size, self.length + tree.size, dtype=torch.bool, device=self.device)
         allowed[0, 0, :, self.length:] = tree.ancestor_mask.to(self.device)
-        return self._for_attention(allowed)
+        if not self.layout.windowed:
+            return self._for_attention(allowed)
+        queries = tree.depth.to(self.device) + self.length
+        keys = torch.cat([torch.arange(self.length, device=self.device), queries])
+        return self._for_attention(self.layout.masks(allowed, queries, keys))
 
-    def _for_attention(self, allowed: Tensor) -> Tensor:
-        """A boolean mask (True = may attend) as the attention kernel wants it: as is for SDPA, else additive."""
+    def _for_attention(self, allowed: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """Boolean masks (True = may attend) as the attention kernel wants them: as is for SDPA, else additive."""
+        if isinstance(allowed, dict):
+            return {kind: self._for_attention(mask) for kind, mask in allowed.items()}
         if self.config._attn_implementation == "sdpa":
             return allowed
         return torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(
@@ -155,7 +168,9 @@ class Target:
         step = static_shapes.tree_step(tree, self.length, self.bucket, self.max_len, self.device)
         self.cache.mark_static_addresses()
         try:
-            hidden, logits, taps = self._fixed_forward(step.ids, step.positions, self._for_attention(step.mask),
+            mask = step.mask if not self.layout.windowed else self.layout.masks(step.mask, step.positions[0],
+                                                                                 step.key_positions)
+            hidden, logits, taps = self._fixed_forward(step.ids, step.positions, self._for_attention(mask),
                                                        step.write_at)
         finally:
             self.cache.write_at(None)
@@ -163,10 +178,11 @@ class Target:
         # CUDA-graph outputs live in memory the next replay overwrites: keep copies of the real rows.
         return TargetOut(logits=logits[:n].clone(), hidden=hidden[:n].clone(), taps=tuple(t[:n].clone() for t in taps))
 
-    def _padded_forward(self, ids: Tensor, positions: Tensor, mask: Tensor,
+    def _padded_forward(self, ids: Tensor, positions: Tensor, mask: Tensor | dict[str, Tensor],
                         write_at: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         """The traced function of fixed-shape scoring: every input is a tensor of a fixed shape."""
-        self.cache.write_at(write_at, mask.shape[-1])
+        window = next(iter(mask.values())) if isinstance(mask, dict) else mask
+        self.cache.write_at(write_at, window.shape[-1])
         out = self._forward(ids, positions, mask, logits_from=0)
         return out.hidden, out.logits, out.taps
 
@@ -176,12 +192,15 @@ class Target:
         self.cache.keep(self.length, path.to(self.device), in_place=in_place)
         self.length += path.shape[0]
 
-    def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor | None, logits_from: int) -> TargetOut:
+    def _forward(self, ids: Tensor, positions: Tensor, mask: Tensor | dict[str, Tensor] | None,
+                 logits_from: int) -> TargetOut:
         want_taps = bool(self.tap_layers)
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
                            past_key_values=self.cache, use_cache=True, output_hidden_states=want_taps)
         hidden = out.last_hidden_state[0]
         logits = self.lm_head(hidden[logits_from:]).float()
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         taps = tuple(out.hidden_states[i + 1][0] for i in self.tap_layers) if want_taps else ()

@@ -14,6 +14,7 @@ papers change. Training (the EAGLE loss, aligned multi-pass forwards) is in meth
 from __future__ import annotations
 
 import copy
+import inspect
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ class EagleNet(nn.Module):
         config = copy.deepcopy(target_model.config)
         config.num_hidden_layers = 1
         config._attn_implementation = "sdpa"
+        if getattr(config, "layer_types", None):
+            # The draft layer attends over its whole context with its own causal masks, in training and
+            # drafting alike: a full-attention layer, whatever the target's first layer is.
+            config.layer_types = ["full_attention"]
         decoder = target_model.get_decoder()
         hidden = config.hidden_size
         self.config = config
@@ -63,9 +68,15 @@ class EagleNet(nn.Module):
     def forward(self, embeds: Tensor, features: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
         """embeds, features: [B, n, H]; positions [B, n]; mask [B, 1, n, kv] additive -> [B, n, H]."""
         x = self.fc(torch.cat([embeds, features.to(embeds.dtype)], dim=-1))
-        rope = self.rotary(x, positions)
+        rope = self.rope(x, positions)
         return self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache,
                               use_cache=cache is not None, position_embeddings=rope)
+
+    def rope(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The family's rotary embedding; families with one per layer type (Gemma 3) are asked for full attention."""
+        if "layer_type" in inspect.signature(self.rotary.forward).parameters:
+            return self.rotary(x, positions, "full_attention")
+        return self.rotary(x, positions)
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
         """Net output -> (features for the LM head, features fed to the next draft level); EAGLE uses one for both."""

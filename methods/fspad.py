@@ -80,7 +80,7 @@ class FspadNet(EagleNet):
     def forward(self, embeds: Tensor, features: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
         """Like EagleNet.forward; the output is [B, n, 2H] (predict, regress) under PAD, else [B, n, H]."""
         x = self.fc(embeds, features.to(embeds.dtype))
-        rope = self.rotary(x, positions)
+        rope = self.rope(x, positions)
         layer = self.layers[0]
         if not self.partial_alignment:
             return layer(x, attention_mask=mask, position_ids=positions, past_key_values=cache,

@@ -1,6 +1,8 @@
 """Tiny random targets built from a config (no weights on disk), and a test drafter with real trees."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -38,9 +40,7 @@ class NoisyTreeDrafter(Drafter):
     def __init__(self, target: Target, depth: int = 3, top_k: int = 2, noise: float = 0.5, seed: int = 1) -> None:
         super().__init__(target)
         self.depth, self.top_k = depth, top_k
-        self.model = tiny_model(target.config.model_type, target.vocab_size, seed=0,
-                                layers=target.config.num_hidden_layers)
-        self.model.load_state_dict(target.model.state_dict())
+        self.model = copy.deepcopy(target.model)   # any family: a perturbed copy of the target itself
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in self.model.parameters():

@@ -97,6 +97,7 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
     cells = task_cells = pd.DataFrame()
     if not frame.empty:
         cells, task_cells = stats.cell_stats(frame), stats.cell_stats(frame, by_task=True)
+        overview.paragraphs[:0] = stats.lossless_failures(cells)
         lat, qual = stats.latency(frame), stats.quality(frame)
         hist, depth = stats.acceptance(frame)
         figures = _figures(Plotter(out_dir), runs, cells, task_cells, lat, hist, depth)

@@ -49,6 +49,16 @@ def cell_stats(frame: pd.DataFrame, by_task: bool = False) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def lossless_failures(cells: pd.DataFrame) -> list[str]:
+    """A line per cell labelled lossless whose T = 0 answers are not all vanilla's: a failure, not a figure."""
+    if cells.empty:
+        return []
+    same = pd.to_numeric(cells.same_text, errors="coerce")
+    failed = cells[cells.lossless & same.notna() & (same < cells.compared)]
+    return [f"**LOSSLESS CHECK FAILED**: {row.method} on {row.suite} (T=0): {int(row.same_text)} of "
+            f"{row.compared} answers equal vanilla's." for row in failed.itertuples()]
+
+
 def latency(frame: pd.DataFrame) -> pd.DataFrame:
     """Milliseconds per generated token in prefill, draft, verify and other, per cell."""
     out = []

@@ -54,6 +54,14 @@ def _cell_columns(frame: pd.DataFrame, many_runs: bool) -> pd.DataFrame:
     return shown
 
 
+def same_text(same, compared: int, lossless: bool) -> str:
+    """k/n; a lossless-labelled method below n/n at T = 0 is marked as the failure it is."""
+    if same is None or pd.isna(same):
+        return GAP
+    failed = lossless and int(same) < compared
+    return f"{int(same)}/{compared}" + (" FAILED" if failed else "")
+
+
 def summary(cells: pd.DataFrame, runs: list[Run]) -> Table:
     shown = _cell_columns(cells, len(runs) > 1)
     shown["Questions"] = cells.questions.astype(str)
@@ -62,8 +70,8 @@ def summary(cells: pd.DataFrame, runs: list[Run]) -> Table:
     shown["tok/s"] = cells.tps.map(lambda v: num(v, 1))
     shown["Speedup [95% CI]"] = [interval(*v) for v in zip(cells.speedup, cells.speedup_lo, cells.speedup_hi)]
     shown["Speedup (total time)"] = cells.speedup_total.map(num)
-    shown["Same text as vanilla (T=0)"] = [f"{int(s)}/{n}" if s is not None and not pd.isna(s) else GAP
-                                           for s, n in zip(cells.same_text, cells.compared)]
+    shown["Same text as vanilla (T=0)"] = [same_text(s, n, lossless) for s, n, lossless
+                                           in zip(cells.same_text, cells.compared, cells.lossless)]
     caption = (f"τ: {estimator(runs, 'tau')}. τ macro: mean over questions of per-question τ (HASS). "
                f"tok/s: mean over questions of new_tokens / wall_time. Speedup: {estimator(runs, 'speedup')}. "
                f"Speedup (total time): all tokens over all time, method over vanilla. Intervals: {INTERVAL}. "
