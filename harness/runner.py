@@ -2,9 +2,9 @@
 
 Every input is checked (harness/validate.py) before anything is written: names, settings, device
 and data before the model loads, then its context, the run folder and every draft checkpoint
-before the first cell. Within each (suite, temperature) vanilla runs
-first, so every speedup has a baseline from the same run on the same stack. A question already
-in a cell's answer file is skipped, so rerunning a command resumes it.
+before the first cell. Within each (suite, temperature) vanilla runs first, so every speedup has
+a baseline from the same run on the same stack. A question already in a cell's answer file is
+skipped, so rerunning a command resumes it.
 """
 from __future__ import annotations
 
