@@ -47,6 +47,8 @@ def _method_values(pairs: list[str], what: str) -> dict:
                 parsed = value
             out.setdefault(method, {})[option] = parsed
         else:
+            if key in out and out[key] != value:
+                raise UserError(f"--checkpoint {key} is given twice ({out[key]} and {value}): keep one")
             out[key] = value
     return out
 
@@ -88,8 +90,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
 
     if args.batch_size != 1:
         raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
-    if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
-        raise UserError("--max-new-tokens and --limit must be positive")
     plan = runner.Plan(
         methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
         max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories,

