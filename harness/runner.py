@@ -2,7 +2,9 @@
 
 Names and data are checked before the model loads. Within each (suite, temperature) vanilla runs
 first, so every speedup has a baseline from the same run on the same stack. A question already
-in a cell's answer file is skipped, so rerunning a command resumes it.
+in a cell's answer file is skipped, so rerunning a command resumes it. One run at a time holds a run
+directory; every row names the sweep (session) that timed it. A question that cannot run (a prompt
+longer than the context) becomes a row that says why, and the sweep goes on.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import torch
 from tqdm import tqdm
 
 from harness import chat, env
-from harness.decode import generate
+from harness.decode import PromptTooLong, generate
 from harness.drafter import METHODS, Drafter, parse_options
 from harness.errors import UserError
-from harness.records import Manifest, RowWriter, answer_file, comparable_settings, make_row, read_rows
+from harness.records import (Manifest, RowWriter, answer_file, comparable_settings, make_row, make_skipped_row,
+                              new_session, read_rows, run_dir_lock)
 from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.target import Target
@@ -78,7 +81,15 @@ def run(plan: Plan, argv: list[str]) -> Path:
     settings = plan.settings(target)
     digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True).encode()).hexdigest()[:8]
     run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
-    manifest = Manifest.open(run_dir, settings, env.capture(), argv)
+    with run_dir_lock(run_dir):
+        _sweep(plan, argv, run_dir, settings, target, methods, suites, questions)
+    return run_dir
+
+
+def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, methods: list[str],
+           suites: dict[str, Suite], questions: dict[str, list[Question]]) -> None:
+    session = new_session()
+    manifest = Manifest.open(run_dir, settings, env.capture(), argv, session)
     torch.manual_seed(plan.seed)
     status = "interrupted"
     # One drafter per method for the whole sweep: start() resets it per sequence, and its compiled
@@ -97,23 +108,23 @@ def run(plan: Plan, argv: list[str]) -> Path:
                     manifest.add_cell({"suite": suite_name, "method": method, "temperature": temperature,
                                        "file": str(path.relative_to(run_dir)), "options": drafter.settings(),
                                        "checkpoint": drafter.checkpoint, "lossless": drafter.lossless})
-                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path)
+                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, session)
         status = "complete"
     finally:
         manifest.finish_sweep(status)
-    return run_dir
 
 
 def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], drafter: Drafter,
-              sampling: SamplingParams, path: Path) -> None:
+              sampling: SamplingParams, path: Path, session: str) -> None:
     done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
     todo = [q for q in questions if q.id not in done]
     if not todo:
         return
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
     verifier = drafter.verifier()
-    for _ in range(plan.warmup):
-        _warm_up(plan, target, drafter, verifier, questions[0].turns[0], stops, sampling)
+    warm_text = _fitting_first_turn(target, questions)
+    for _ in range(plan.warmup if warm_text is not None else 0):
+        _warm_up(plan, target, drafter, verifier, warm_text, stops, sampling)
     scoring = not suite.unsafe or plan.allow_code_exec
     if not scoring:
         print(f"note: {suite.name} answers are not scored: scoring executes model output; "
@@ -122,27 +133,50 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
     with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
                                           file=sys.stderr, dynamic_ncols=True) as bar:
         for question in todo:
-            messages, texts, gens, walls = [], [], [], []
-            for turn, content in enumerate(question.turns):
-                messages.append({"role": "user", "content": content})
-                prompt = chat.render(target.tokenizer, messages)
-                rng = torch.Generator().manual_seed(_seed(plan.seed, suite.name, question.id, turn))
-                start = time.perf_counter()
-                gen = generate(target, drafter, verifier, prompt, max_new_tokens=plan.max_new_tokens,
-                               stop_ids=stops, sampling=sampling, rng=rng)
-                walls.append(time.perf_counter() - start)
-                text = chat.decode(target.tokenizer, gen.tokens, stops)
-                messages.append({"role": "assistant", "content": text})
-                texts.append(text)
-                gens.append(gen)
-            scores = suite.score(question, texts) if scoring else {}
-            writer.write(make_row(
-                question_id=int(question.id) if question.id.isdigit() else question.id,
-                category=question.category, task=question.group,
-                model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
-                method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
-                generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless))
+            common = dict(question_id=int(question.id) if question.id.isdigit() else question.id,
+                          category=question.category, task=question.group,
+                          model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
+                          method=drafter.name, suite=suite.name, temperature=sampling.temperature, session=session)
+            try:
+                texts, gens, walls = _answer(plan, target, drafter, verifier, suite.name, question, stops, sampling)
+            except PromptTooLong as exc:
+                tqdm.write(f"note: {suite.name} question {question.id} skipped: {exc}", file=sys.stderr)
+                writer.write(make_skipped_row(**common, reason=str(exc)))
+            else:
+                scores = suite.score(question, texts) if scoring else {}
+                writer.write(make_row(**common, turns=texts, generations=gens, wall_times=walls, scores=scores,
+                                      lossless=drafter.lossless))
             bar.update(1)
+
+
+def _answer(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, suite: str, question: Question,
+            stops: frozenset[int], sampling: SamplingParams) -> tuple[list[str], list, list[float]]:
+    """Every turn of one question: (answer texts, Generations, wall times); PromptTooLong names the turn."""
+    messages, texts, gens, walls = [], [], [], []
+    for turn, content in enumerate(question.turns):
+        messages.append({"role": "user", "content": content})
+        prompt = chat.render(target.tokenizer, messages)
+        rng = torch.Generator().manual_seed(_seed(plan.seed, suite, question.id, turn))
+        start = time.perf_counter()
+        try:
+            gen = generate(target, drafter, verifier, prompt, max_new_tokens=plan.max_new_tokens,
+                           stop_ids=stops, sampling=sampling, rng=rng)
+        except PromptTooLong as exc:
+            raise PromptTooLong(f"turn {turn + 1}: {exc}" if len(question.turns) > 1 else str(exc)) from None
+        walls.append(time.perf_counter() - start)
+        text = chat.decode(target.tokenizer, gen.tokens, stops)
+        messages.append({"role": "assistant", "content": text})
+        texts.append(text)
+        gens.append(gen)
+    return texts, gens, walls
+
+
+def _fitting_first_turn(target: Target, questions: list[Question]) -> str | None:
+    """The first turn of the first question that fits the context, for the warm-up (None when none does)."""
+    for question in questions:
+        if len(chat.render(target.tokenizer, [{"role": "user", "content": question.turns[0]}])) < target.max_len:
+            return question.turns[0]
+    return None
 
 
 def _warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, text: str, stops: frozenset[int],
