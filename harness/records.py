@@ -147,7 +147,7 @@ def read_rows(path: Path, repair: bool = False) -> list[dict]:
         with open(side, "ab") as handle:
             handle.writelines(line + b"\n" for line in bad)
         print(f"note: {path}: moved {len(bad)} unreadable line(s) (line {', '.join(map(str, found.bad_lines))}) "
-              f"to {side.name}; their questions run again", file=sys.stderr)
+              f"to {side.name}; a question left without an intact row runs again", file=sys.stderr)
     if found.duplicates:
         print(f"note: {found.notes(path)[-1]}", file=sys.stderr)
     cleaned = b"".join(line + b"\n" for line in intact)
