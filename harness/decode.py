@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from harness.drafter import Drafter
+from harness.errors import UserError
 from harness.sampling import SamplingParams, sample, to_probs
 from harness.target import ContextFull, Target
 from harness.tree import DraftTree
@@ -46,8 +47,9 @@ class Generation:
         return bool(self.stop_reason)
 
 
-class PromptTooLong(Exception):
-    """A turn's prompt does not fit the target's context: that question cannot run, the sweep goes on."""
+class PromptTooLong(UserError):
+    """A turn's prompt does not fit the target's context. The runner records that question as skipped and
+    goes on; any other caller gets the one-line error it got from Target.prefill before."""
 
 
 class WholeTurnBaseline(Drafter):

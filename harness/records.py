@@ -96,8 +96,17 @@ class FileRows:
         return notes
 
 
+ROW_FIELDS = ("question_id", "category", "method", "suite", "temperature", "choices")
+CHOICE_FIELDS = ("turns", "decoding_steps", "new_tokens", "wall_time", "accept_lengths")
+
+
 def _intact(row: object) -> bool:
-    return isinstance(row, dict) and "question_id" in row and ("skipped" in row or bool(row.get("choices")))
+    """A row every reader can use: valid JSON is not enough when a byte inside a key was damaged."""
+    if not isinstance(row, dict) or any(key not in row for key in ROW_FIELDS):
+        return False
+    choices = row["choices"]
+    return (isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict)
+            and all(isinstance(choices[0].get(key), list) for key in CHOICE_FIELDS))
 
 
 def scan_rows(path: Path) -> FileRows:

@@ -93,11 +93,14 @@ def test_a_corrupted_middle_line_is_set_aside_and_every_intact_row_kept(tiny_dir
 
 def test_only_an_incomplete_last_line_is_a_torn_write(tmp_path):
     path = tmp_path / "a.jsonl"
-    row = {"question_id": 1, "choices": [{"turns": []}]}
-    path.write_text(json.dumps(row) + "\n" + "[1, 2]\n" + json.dumps(dict(row, question_id=2)) + '\n{"question_id": 3')
+    choice = dict.fromkeys(("turns", "decoding_steps", "new_tokens", "wall_time", "accept_lengths"), [])
+    row = {"question_id": 1, "category": "c", "method": "m", "suite": "s", "temperature": 0, "choices": [choice]}
+    damaged = json.dumps(dict(row, question_id=5)).replace("suite", "sui\\u0000e")   # valid JSON, a key lost
+    path.write_text(json.dumps(row) + "\n[1, 2]\n" + damaged + "\n" + json.dumps(dict(row, question_id=2))
+                    + '\n{"question_id": 3')
     assert [r["question_id"] for r in read_rows(path, repair=True)] == [1, 2]
     assert path.read_text() == json.dumps(row) + "\n" + json.dumps(dict(row, question_id=2)) + "\n"
-    assert (tmp_path / "a.jsonl.bad-lines").read_text() == "[1, 2]\n", "the torn tail is dropped, not set aside"
+    assert (tmp_path / "a.jsonl.bad-lines").read_text() == "[1, 2]\n" + damaged + "\n", "the torn tail is cut"
 
 
 def test_a_folder_two_runs_wrote_stays_reportable_and_resumable(tiny_dir, tmp_path, capsys):
