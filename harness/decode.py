@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from harness.drafter import Drafter
+from harness.errors import UserError
 from harness.sampling import SamplingParams, sample, to_probs
 from harness.target import ContextFull, Target
 from harness.tree import DraftTree
@@ -46,6 +47,11 @@ class Generation:
         return bool(self.stop_reason)
 
 
+class PromptTooLong(UserError):
+    """A turn's prompt does not fit the target's context. The runner records that question as skipped and
+    goes on; any other caller gets the one-line error it got from Target.prefill before."""
+
+
 class WholeTurnBaseline(Drafter):
     """A reference row that decodes whole turns by other means (no tree, no verifier), timed like the
     methods, so tables can show how the harness's vanilla loop compares with a library's own loop."""
@@ -61,7 +67,9 @@ class WholeTurnBaseline(Drafter):
 
 def generate(target: Target, drafter: Drafter, verifier: Verifier, prompt: Tensor, *, max_new_tokens: int,
              stop_ids: frozenset[int], sampling: SamplingParams, rng: torch.Generator) -> Generation:
-    """Decode one turn for prompt [T]; batch size 1."""
+    """Decode one turn for prompt [T]; batch size 1. PromptTooLong when the prompt leaves no room."""
+    if prompt.shape[-1] >= target.max_len:
+        raise PromptTooLong(f"prompt of {prompt.shape[-1]} tokens does not fit max_len {target.max_len}")
     if isinstance(drafter, WholeTurnBaseline):
         return drafter.generate_turn(prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids, sampling=sampling,
                                      rng=rng)

@@ -4,7 +4,9 @@ Every figure says which estimator made it (REFERENCE §4.2-4.5). tau_pooled is S
 "mean accepted tokens" (all steps of all questions pooled, bonus included); tau_macro averages
 per question first (HASS). The speedup is Spec-Bench's ratio of mean per-question throughputs,
 computed against the vanilla rows of the same run on the same questions; both sides count
-generated token ids, never re-tokenised text.
+generated token ids, never re-tokenised text. Pairs whose two rows were timed by different sweeps
+(a resumed run) are counted, so tables can say so. Skipped questions (rows with ``skipped``, which
+could not run) are counted apart and enter no estimator; a score averages only the rows that have it.
 """
 from __future__ import annotations
 
@@ -13,16 +15,25 @@ from typing import Iterable
 
 import pandas as pd
 
-from harness.records import read_rows
+from harness.records import scan_rows
 
 GROUP = ["suite", "temperature", "method"]
 
 
-def load_frame(files: Iterable[Path]) -> pd.DataFrame:
-    """One row per answered question with per-question totals."""
-    records = []
+def load_frame(files: Iterable[Path], notes: list[str] | None = None) -> pd.DataFrame:
+    """One row per question with per-question totals: the first row of each (suite, temperature, method,
+    question) in file order. ``skipped`` holds the reason a question could not run ("" when it ran);
+    damage found in the files (unreadable lines, duplicate rows) is appended to notes."""
+    records, seen = [], set()
     for path in files:
-        for row in read_rows(path):
+        found = scan_rows(path)
+        if notes is not None:
+            notes.extend(found.notes(path))
+        for row in found.rows:
+            key = (row["suite"], row["temperature"], row["method"], str(row["question_id"]))
+            if key in seen:
+                continue
+            seen.add(key)
             choice = row["choices"][0]
             accept = choice["accept_lengths"]
             records.append({
@@ -34,7 +45,8 @@ def load_frame(files: Iterable[Path]) -> pd.DataFrame:
                 "draft_time": sum(row.get("draft_time", [])), "verify_time": sum(row.get("verify_time", [])),
                 "prefill_time": sum(row.get("prefill_time", [])),
                 "tau_question": sum(accept) / len(accept) if accept else float("nan"),
-                "text": "\x1e".join(choice["turns"]),
+                "text": "\x1e".join(choice["turns"]), "accept_lengths": accept,
+                "session": row.get("timing_session") or "", "skipped": row.get("skipped") or "",
                 **{f"score:{k}": v for k, v in row.get("scores", {}).items()},
             })
     return pd.DataFrame.from_records(records)
@@ -52,32 +64,47 @@ def mean_tps(frame: pd.DataFrame) -> float:
     return (frame["new_tokens"] / frame["wall_time"]).mean()
 
 
+def answered(frame: pd.DataFrame) -> pd.DataFrame:
+    """The questions that ran: the frame without skipped rows."""
+    return frame[frame.skipped == ""] if "skipped" in frame.columns else frame
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (suite, temperature, method): tau, throughput, speedup and fidelity against vanilla."""
+    """Per (suite, temperature, method): tau, throughput, speedup and fidelity against vanilla, each
+    score's mean over the rows that have it (with n), and skipped questions and cross-sweep pairs when any."""
     if frame.empty:
         return pd.DataFrame()
+    ran = answered(frame)
     score_columns = [c for c in frame.columns if c.startswith("score:")]
     out = []
-    for (suite, temperature, method), cell in frame.groupby(GROUP, sort=False):
-        base = frame[(frame.suite == suite) & (frame.temperature == temperature) & (frame.method == "vanilla")]
-        shared = sorted(set(cell.question_id) & set(base.question_id))
-        mine = cell[cell.question_id.isin(shared)].set_index("question_id").loc[shared]
-        theirs = base[base.question_id.isin(shared)].set_index("question_id").loc[shared]
-        same = int((mine.text == theirs.text).sum())
+    for (suite, temperature, method), whole in frame.groupby(GROUP, sort=False):
+        cell = answered(whole)
+        base = ran[(ran.suite == suite) & (ran.temperature == temperature) & (ran.method == "vanilla")]
+        mine, theirs = paired_with_vanilla(cell, base)
+        same, compared = same_text(mine, theirs)
         entry = {
             "suite": suite, "T": temperature, "method": method, "questions": len(cell),
-            "lossless": lossless_verdict(bool(cell.lossless.all()), temperature, same, len(shared)),
+            "skipped": len(whole) - len(cell),
+            "lossless": lossless_verdict(bool(cell.lossless.all()), temperature, same, compared),
             "tokens": int(cell.new_tokens.sum()),
-            "tau_pooled": tau_pooled(cell), "tau_macro": tau_macro(cell),
-            "tok_per_s": cell.new_tokens.sum() / cell.wall_time.sum(),
+            "tau_pooled": tau_pooled(cell) if len(cell) else float("nan"),
+            "tau_macro": tau_macro(cell),
+            "tok_per_s": cell.new_tokens.sum() / cell.wall_time.sum() if len(cell) else float("nan"),
             "draft_s": cell.draft_time.sum(), "verify_s": cell.verify_time.sum(),
-            "speedup": mean_tps(mine) / mean_tps(theirs) if shared else float("nan"),
-            "same_text": f"{same}/{len(shared)}" if temperature == 0 and shared else "",
+            "speedup": speedup_ratio_of_means(mine, theirs),
+            "same_text": f"{same}/{compared}" if temperature == 0 and compared else "",
+            "cross_session": f"{cross_session_pairs(mine, theirs)}/{len(mine)}",
         }
         for column in score_columns:
-            entry[column.removeprefix("score:")] = cell[column].mean()
+            name = column.removeprefix("score:")
+            entry[name], entry[f"{name}_n"] = cell[column].mean(), int(cell[column].notna().sum())
         out.append(entry)
-    return pd.DataFrame(out)
+    summary = pd.DataFrame(out)
+    if not summary.skipped.any():
+        summary = summary.drop(columns="skipped")
+    if summary.cross_session.str.startswith("0/").all():
+        summary = summary.drop(columns="cross_session")
+    return summary
 
 
 def lossless_verdict(labelled_lossless: bool, temperature: float, same: int, compared: int) -> str:
@@ -113,6 +140,15 @@ def paired_with_vanilla(cell: pd.DataFrame, base: pd.DataFrame) -> tuple[pd.Data
     shared = sorted(set(cell.question_id) & set(base.question_id))
     return (cell.set_index("question_id").loc[shared].reset_index(),
             base.set_index("question_id").loc[shared].reset_index())
+
+
+def cross_session_pairs(mine: pd.DataFrame, theirs: pd.DataFrame) -> int:
+    """Paired questions whose method row and vanilla row were timed by different sweeps (processes).
+    Rows recorded before sessions existed have none and are not counted."""
+    if not len(mine) or "session" not in mine.columns:
+        return 0
+    a, b = mine.session.to_numpy(), theirs.session.to_numpy()
+    return int(((a != b) & (a != "") & (b != "")).sum())
 
 
 def speedup_ratio_of_means(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:

@@ -3,16 +3,23 @@
 Rows follow Spec-Bench's answer format (question_id, category, answer_id, model_id, tstamp and
 ``choices[0]`` with turns, decoding_steps, new_tokens, wall_time, accept_lengths), so Spec-Bench's
 own scripts read them, and add the harness fields (method, suite, task, temperature, stage times,
-stop reasons, tree sizes, scores). Rows are appended and flushed one question at a time; reading
-drops a last line that a killed run left half-written, so a rerun resumes without losing a question.
+stop reasons, tree sizes, scores, the timing session). Rows are appended and flushed one question at
+a time by the one run that holds the run directory's lock; reading drops a last line that a killed run
+left half-written, so a rerun resumes without losing a question, and sets any other damage aside.
+A question that cannot run is a row too, with ``skipped`` giving the reason and empty ``choices``.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import sys
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from harness.errors import UserError
 
@@ -29,29 +36,135 @@ ESTIMATORS = {
 }
 
 
+LOCK_FILE = "run.lock"
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory for a whole sweep: two runs writing one folder would
+    answer every question twice and overwrite each other's manifest. The kernel drops the lock when
+    the process ends, however it ends, so a killed run never leaves the folder locked."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; pass a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UserError(f"{run_dir} is in use by another run (pid {holder}); wait for it to finish "
+                            f"or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def new_session() -> str:
+    """An id for the rows one sweep times: rows of different sessions ran in different processes (or
+    sweeps), so their wall times were measured under different conditions."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def answer_file(run_dir: Path, suite: str, method: str, temperature: float) -> Path:
     return run_dir / "answers" / suite / f"{method}-temperature-{temperature:g}.jsonl"
 
 
-def read_rows(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a result file; a truncated last line is dropped (and cut from the file if repair)."""
+@dataclass
+class FileRows:
+    """What a result file holds: its intact rows, and what reading it had to leave out."""
+
+    rows: list[dict]                                     # intact rows, the first one of each question
+    bad_lines: list[int] = field(default_factory=list)   # 1-based numbers of complete lines that did not parse
+    torn_tail: bool = False                              # a last line cut short (a run killed mid-write)
+    duplicates: int = 0                                  # later rows for a question an earlier row answered
+
+    def notes(self, path: Path) -> list[str]:
+        """One line per kind of damage, naming the file."""
+        notes = []
+        if self.bad_lines:
+            notes.append(f"{path}: {len(self.bad_lines)} unreadable line(s) left out "
+                         f"(line {', '.join(map(str, self.bad_lines))})")
+        if self.duplicates:
+            notes.append(f"{path}: {self.duplicates} duplicate row(s) of questions answered earlier in the file "
+                         f"(two runs wrote into this folder?); the first row of each question is used")
+        return notes
+
+
+ROW_FIELDS = ("question_id", "category", "method", "suite", "temperature", "choices")
+CHOICE_FIELDS = ("turns", "decoding_steps", "new_tokens", "wall_time", "accept_lengths")
+
+
+def _intact(row: object) -> bool:
+    """A row every reader can use: valid JSON is not enough when a byte inside a key was damaged."""
+    if not isinstance(row, dict) or any(key not in row for key in ROW_FIELDS):
+        return False
+    choices = row["choices"]
+    return (isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict)
+            and all(isinstance(choices[0].get(key), list) for key in CHOICE_FIELDS))
+
+
+def scan_rows(path: Path) -> FileRows:
+    """Every intact row of a result file in file order (the first of each question), and its damage."""
+    return _scan(path)[0]
+
+
+def _scan(path: Path) -> tuple[FileRows, list[bytes], list[bytes]]:
+    """(rows, the intact lines as written, the unreadable lines). Only an unparsable last line without
+    its newline is the torn write of a killed run; any other line that does not parse is damage,
+    reported, and never stops the rows after it from loading."""
     if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    rows, good_end = [], 0
-    for line in raw.splitlines(keepends=True):
+        return FileRows([]), [], []
+    *complete, tail = path.read_bytes().split(b"\n")
+    result, intact, bad, seen = FileRows([]), [], [], set()
+    for number, line in enumerate(complete + [tail], start=1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_end += len(line)
-    if good_end < len(raw) and repair:
-        with open(path, "r+b") as handle:
-            handle.truncate(good_end)
-    if rows and not raw[:good_end].endswith(b"\n") and repair:
-        with open(path, "ab") as handle:
-            handle.write(b"\n")
-    return rows
+            row = json.loads(line)
+        except ValueError:       # JSONDecodeError and UnicodeDecodeError
+            row = None
+        if not _intact(row):
+            if number == len(complete) + 1:
+                result.torn_tail = True
+            else:
+                result.bad_lines.append(number)
+                bad.append(line)
+            continue
+        intact.append(line)
+        if str(row["question_id"]) in seen:
+            result.duplicates += 1
+            continue
+        seen.add(str(row["question_id"]))
+        result.rows.append(row)
+    return result, intact, bad
+
+
+def read_rows(path: Path, repair: bool = False) -> list[dict]:
+    """Intact rows of a result file, the first of each question. With repair (before a run appends),
+    a torn last line is cut, unreadable lines move to ``<file>.bad-lines`` and a note says so."""
+    found, intact, bad = _scan(path)
+    if not repair or not path.is_file():
+        return found.rows
+    if bad:
+        side = path.with_name(path.name + ".bad-lines")
+        with open(side, "ab") as handle:
+            handle.writelines(line + b"\n" for line in bad)
+        print(f"note: {path}: moved {len(bad)} unreadable line(s) (line {', '.join(map(str, found.bad_lines))}) "
+              f"to {side.name}; a question left without an intact row runs again", file=sys.stderr)
+    if found.duplicates:
+        print(f"note: {found.notes(path)[-1]}", file=sys.stderr)
+    cleaned = b"".join(line + b"\n" for line in intact)
+    if cleaned != path.read_bytes():       # a torn tail, bad lines, blank lines or no final newline
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(cleaned)
+        tmp.replace(path)
+    return found.rows
 
 
 class RowWriter:
@@ -77,9 +190,10 @@ class RowWriter:
 
 def make_row(*, question_id: Any, category: str, task: str, model_id: str, method: str, suite: str,
              temperature: float, turns: list[str], generations: list, wall_times: list[float],
-             scores: dict[str, float], lossless: bool, question_hash: str = "") -> dict:
-    """One question's answer row from its per-turn Generations (harness.decode); ``question_hash``
-    (Question.text_hash) lets a resume tell whether the question's text has changed since."""
+             scores: dict[str, float], lossless: bool, session: str, question_hash: str = "") -> dict:
+    """One question's answer row from its per-turn Generations (harness.decode); ``session`` names the sweep
+    that timed it; ``question_hash`` (Question.text_hash) lets a resume tell whether the question's text has
+    changed since."""
     choice = {
         "index": 0,
         "turns": turns,
@@ -108,7 +222,18 @@ def make_row(*, question_id: Any, category: str, task: str, model_id: str, metho
         "token_ids": [g.tokens for g in generations],
         "scores": scores,
         "question_hash": question_hash,
+        "timing_session": session,
     }
+
+
+def make_skipped_row(*, question_id: Any, category: str, task: str, model_id: str, method: str, suite: str,
+                     temperature: float, reason: str, session: str, question_hash: str = "") -> dict:
+    """The row of a question that cannot run: it counts as done on a rerun and reports count it apart."""
+    choice = {"index": 0, "turns": [], "decoding_steps": [], "new_tokens": [], "wall_time": [], "accept_lengths": []}
+    return {"question_id": question_id, "category": category, "answer_id": uuid.uuid4().hex, "model_id": model_id,
+            "choices": [choice], "tstamp": time.time(), "method": method, "suite": suite, "task": task,
+            "temperature": temperature, "skipped": reason, "timing_session": session,
+            "question_hash": question_hash}
 
 
 # Settings added after runs were first recorded, with the value those runs used: a run directory
@@ -129,8 +254,9 @@ class Manifest:
         self.data = data
 
     @classmethod
-    def open(cls, run_dir: Path, settings: dict, env: dict, argv: list[str]) -> "Manifest":
+    def open(cls, run_dir: Path, settings: dict, env: dict, argv: list[str], session: str = "") -> "Manifest":
         path = run_dir / "manifest.json"
+        sweep = {"argv": argv, "started": time.time(), "env": env, "session": session}
         if path.is_file():
             data = json.loads(path.read_text())
             before, now = comparable_settings(data.get("settings", {})), comparable_settings(settings)
@@ -138,10 +264,10 @@ class Manifest:
                 changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
                 raise UserError(f"{run_dir} holds results made with other settings ({', '.join(changed)}); "
                                 f"choose another --out or repeat the original settings")
-            data["sweeps"].append({"argv": argv, "started": time.time(), "env": env})
+            data["sweeps"].append(sweep)
         else:
             data = {"schema_version": SCHEMA_VERSION, "settings": settings, "estimators": ESTIMATORS,
-                    "cells": [], "sweeps": [{"argv": argv, "started": time.time(), "env": env}]}
+                    "cells": [], "sweeps": [sweep]}
         manifest = cls(path, data)
         manifest.save()
         return manifest

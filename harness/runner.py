@@ -2,9 +2,12 @@
 
 Every input is checked (harness/validate.py) before anything is written: names, settings, device
 and data before the model loads, then its context, the run folder and every draft checkpoint
-before the first cell. Within each (suite, temperature) vanilla runs first, so every speedup has
-a baseline from the same run on the same stack. A question already in a cell's answer file is
-skipped, so rerunning a command resumes it.
+before the first cell, and the target passes the lossless self-check (harness/selfcheck.py).
+Within each (suite, temperature) vanilla runs first, so every speedup has a baseline from the same
+run on the same stack. A question already in a cell's answer file is skipped, so rerunning a
+command resumes it. One run at a time holds a run directory; every row names the sweep (session)
+that timed it. A question that cannot run (a prompt longer than the context) becomes a row that
+says why, and the sweep goes on.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ import torch
 from tqdm import tqdm
 
 from harness import chat, env, selfcheck, validate
-from harness.decode import generate
+from harness.decode import PromptTooLong, generate
 from harness.drafter import Drafter
-from harness.records import Manifest, RowWriter, answer_file, comparable_settings, make_row, read_rows
+from harness.records import (Manifest, RowWriter, answer_file, comparable_settings, make_row, make_skipped_row,
+                             new_session, read_rows, run_dir_lock)
 from harness.sampling import SamplingParams
 from harness.suite import Question, Suite
 from harness.target import Target
@@ -79,37 +83,44 @@ def run(plan: Plan, argv: list[str]) -> Path:
     # One drafter per method for the whole sweep, all built (checkpoints read) before anything is
     # written: start() resets each per sequence, and compiled steps (--compile) are built once.
     drafters = validate.after_load(checked, target, run_dir)
-    manifest = Manifest.open(run_dir, settings, env.capture(), argv)
-    manifest.data["sweeps"][-1]["target_check"] = check.as_dict()
+    with run_dir_lock(run_dir):
+        _sweep(plan, argv, run_dir, settings, target, drafters, suites, questions, check.as_dict())
+    return run_dir
+
+
+def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, drafters: dict[str, Drafter],
+           suites: dict[str, Suite], questions: dict[str, list[Question]], target_check: dict) -> None:
+    session = new_session()
+    manifest = Manifest.open(run_dir, settings, env.capture(), argv, session)
+    manifest.data["sweeps"][-1]["target_check"] = target_check
     torch.manual_seed(plan.seed)
     status = "interrupted"
     try:
         for suite_name, suite in suites.items():
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
-                for method in methods:
-                    drafter = drafters[method]
+                for method, drafter in drafters.items():   # vanilla first
                     path = answer_file(run_dir, suite_name, method, temperature)
                     manifest.add_cell({"suite": suite_name, "method": method, "temperature": temperature,
                                        "file": str(path.relative_to(run_dir)), "options": drafter.settings(),
                                        "checkpoint": drafter.checkpoint, "lossless": drafter.lossless})
-                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path)
+                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, session)
         status = "complete"
     finally:
         manifest.finish_sweep(status)
-    return run_dir
 
 
 def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], drafter: Drafter,
-              sampling: SamplingParams, path: Path) -> None:
+              sampling: SamplingParams, path: Path, session: str) -> None:
     done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
     todo = [q for q in questions if q.id not in done]
     if not todo:
         return
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
     verifier = drafter.verifier()
-    for _ in range(plan.warmup):
-        _warm_up(plan, target, drafter, verifier, questions[0].turns[0], stops, sampling)
+    warm_text = _fitting_first_turn(target, questions)
+    for _ in range(plan.warmup if warm_text is not None else 0):
+        _warm_up(plan, target, drafter, verifier, warm_text, stops, sampling)
     scoring = not suite.unsafe or plan.allow_code_exec
     if not scoring:
         print(f"note: {suite.name} answers are not scored: scoring executes model output; "
@@ -118,28 +129,51 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
     with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
                                           file=sys.stderr, dynamic_ncols=True) as bar:
         for question in todo:
-            messages, texts, gens, walls = [], [], [], []
-            for turn, content in enumerate(question.turns):
-                messages.append({"role": "user", "content": content})
-                prompt = chat.render(target.tokenizer, messages)
-                rng = torch.Generator().manual_seed(_seed(plan.seed, suite.name, question.id, turn))
-                start = time.perf_counter()
-                gen = generate(target, drafter, verifier, prompt, max_new_tokens=plan.max_new_tokens,
-                               stop_ids=stops, sampling=sampling, rng=rng)
-                walls.append(time.perf_counter() - start)
-                text = chat.decode(target.tokenizer, gen.tokens, stops)
-                messages.append({"role": "assistant", "content": text})
-                texts.append(text)
-                gens.append(gen)
-            scores = suite.score(question, texts) if scoring else {}
-            writer.write(make_row(
-                question_id=int(question.id) if question.id.isdigit() else question.id,
-                category=question.category, task=question.group,
-                model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
-                method=drafter.name, suite=suite.name, temperature=sampling.temperature, turns=texts,
-                generations=gens, wall_times=walls, scores=scores, lossless=drafter.lossless,
-                question_hash=question.text_hash))
+            common = dict(question_id=int(question.id) if question.id.isdigit() else question.id,
+                          category=question.category, task=question.group,
+                          model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
+                          method=drafter.name, suite=suite.name, temperature=sampling.temperature, session=session,
+                          question_hash=question.text_hash)
+            try:
+                texts, gens, walls = _answer(plan, target, drafter, verifier, suite.name, question, stops, sampling)
+            except PromptTooLong as exc:
+                tqdm.write(f"note: {suite.name} question {question.id} skipped: {exc}", file=sys.stderr)
+                writer.write(make_skipped_row(**common, reason=str(exc)))
+            else:
+                scores = suite.score(question, texts) if scoring else {}
+                writer.write(make_row(**common, turns=texts, generations=gens, wall_times=walls, scores=scores,
+                                      lossless=drafter.lossless))
             bar.update(1)
+
+
+def _answer(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, suite: str, question: Question,
+            stops: frozenset[int], sampling: SamplingParams) -> tuple[list[str], list, list[float]]:
+    """Every turn of one question: (answer texts, Generations, wall times); PromptTooLong names the turn."""
+    messages, texts, gens, walls = [], [], [], []
+    for turn, content in enumerate(question.turns):
+        messages.append({"role": "user", "content": content})
+        prompt = chat.render(target.tokenizer, messages)
+        rng = torch.Generator().manual_seed(_seed(plan.seed, suite, question.id, turn))
+        start = time.perf_counter()
+        try:
+            gen = generate(target, drafter, verifier, prompt, max_new_tokens=plan.max_new_tokens,
+                           stop_ids=stops, sampling=sampling, rng=rng)
+        except PromptTooLong as exc:
+            raise PromptTooLong(f"turn {turn + 1}: {exc}" if len(question.turns) > 1 else str(exc)) from None
+        walls.append(time.perf_counter() - start)
+        text = chat.decode(target.tokenizer, gen.tokens, stops)
+        messages.append({"role": "assistant", "content": text})
+        texts.append(text)
+        gens.append(gen)
+    return texts, gens, walls
+
+
+def _fitting_first_turn(target: Target, questions: list[Question]) -> str | None:
+    """The first turn of the first question that fits the context, for the warm-up (None when none does)."""
+    for question in questions:
+        if len(chat.render(target.tokenizer, [{"role": "user", "content": question.turns[0]}])) < target.max_len:
+            return question.turns[0]
+    return None
 
 
 def _warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, text: str, stops: frozenset[int],

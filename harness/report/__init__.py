@@ -79,6 +79,15 @@ def _figures(plotter: Plotter, runs: list[Run], cells: pd.DataFrame, task_cells:
     return figures
 
 
+def _crossed_notes(cells: pd.DataFrame) -> list[str]:
+    """Cells whose speedup pairs rows timed by different sweeps: a resumed run measured the method and
+    its vanilla baseline under different conditions (warm-up, load, clocks)."""
+    return [f"- {c.run}: {c.suite} {c.method} T={c.temperature:g}: speedup pairs {c.cross_session} of {c.paired} "
+            f"questions whose method and vanilla rows were timed by different sweeps (a resumed run); "
+            f"rerun both into a fresh --out for a same-process speedup"
+            for c in cells.itertuples() if c.cross_session]
+
+
 def build(results: list[Path], out: Path | None = None, paper: str | None = None, compare: bool = False) -> Path:
     """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* with --paper); return the folder."""
     runs = load_runs(results)
@@ -89,15 +98,13 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = combined(runs)
     notes = [f"- {run.name}: {note}" for run in runs for note in run.notes]
-    overview = Section("overview", "Runs and gaps", [
-        f"Runs: {', '.join(f'{r.name} ({r.path})' for r in runs)}.",
-        "Methods marked NOT LOSSLESS change the output distribution; compare their speed with care.",
-        *(notes or ["No gaps: every cell listed in the manifests is complete and has a vanilla baseline."])])
-    sections = [overview]
+    sections: list[Section] = []
     cells = task_cells = pd.DataFrame()
+    failures: list[str] = []
     if not frame.empty:
         cells, task_cells = stats.cell_stats(frame), stats.cell_stats(frame, by_task=True)
-        overview.paragraphs[:0] = stats.lossless_failures(cells)
+        failures = stats.lossless_failures(cells)
+        notes += _crossed_notes(cells)
         lat, qual = stats.latency(frame), stats.quality(frame)
         hist, depth = stats.acceptance(frame)
         figures = _figures(Plotter(out_dir), runs, cells, task_cells, lat, hist, depth)
@@ -124,6 +131,11 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
         render.write_markdown(out_dir / f"paper_{paper}.md", title, [paper_section])
         render.write_html(out_dir / f"paper_{paper}.html", title, [paper_section])
         render.write_latex(out_dir / f"paper_{paper}.tex", ptables)
+    sections.insert(0, Section("overview", "Runs and gaps", [
+        *failures,
+        f"Runs: {', '.join(f'{r.name} ({r.path})' for r in runs)}.",
+        "Methods marked NOT LOSSLESS change the output distribution; compare their speed with care.",
+        *(notes or ["No gaps: every cell listed in the manifests is complete and has a vanilla baseline."])]))
     sections.append(Section("environment", "Environment and estimators", tables=[tables.environment(runs)]))
     title = f"Speculative decoding report: {', '.join(r.name for r in runs)}"
     render.write_markdown(out_dir / "report.md", title, sections)

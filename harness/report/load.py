@@ -2,7 +2,9 @@
 
 A run directory is a folder holding ``manifest.json`` (harness.records); a folder given on the
 command line that is not one is searched one level down, so ``--results results`` means every run.
-The report never loads a model: everything it shows comes from these files.
+The report never loads a model: everything it shows comes from these files. A folder that older
+runs damaged still loads: unreadable lines and duplicate rows are left out with a note, skipped
+questions (rows that say why they could not run) are counted in the notes and kept out of the frame.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pandas as pd
 
 from harness import metrics
 from harness.errors import UserError
-from harness.records import iter_result_files, read_rows
+from harness.records import iter_result_files
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Run:
     name: str                  # unique label in this report (the folder name, made unique)
     path: Path
     manifest: dict
-    frame: pd.DataFrame        # one row per answered question (metrics.load_frame + accept_lengths)
+    frame: pd.DataFrame        # one row per answered question (metrics.load_frame, skipped rows left out)
     notes: list[str] = field(default_factory=list)   # gaps found while loading
 
 
@@ -42,15 +44,33 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _load_frame(run_dir: Path) -> pd.DataFrame:
-    files = list(iter_result_files([run_dir]))
-    frame = metrics.load_frame(files)
-    if frame.empty:
-        return frame
-    # load_frame reads the files in this order, one record per row, so the lists line up with its rows.
-    frame["accept_lengths"] = [row["choices"][0]["accept_lengths"] for path in files for row in read_rows(path)]
+def _answered(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of questions that ran, vanilla first in each suite and temperature."""
+    frame = metrics.answered(frame).copy()
     frame["_order"] = frame.method.ne("vanilla")   # vanilla first: it is every table's reference line
     return frame.sort_values(["suite", "temperature", "_order", "method"], kind="stable").drop(columns="_order")
+
+
+def _row_notes(frame: pd.DataFrame) -> list[str]:
+    """Skipped questions per cell, and rows too old to say which sweep timed them."""
+    if frame.empty:
+        return []
+    notes = _skipped_notes(frame[frame.skipped != ""])
+    unknown = int(frame.session.eq("").sum())
+    if unknown:
+        notes.append(f"{unknown} rows record no timing session (written before sessions were recorded), so "
+                     f"whether their speedup pairs were timed in one process is unknown")
+    return notes
+
+
+def _skipped_notes(skipped: pd.DataFrame) -> list[str]:
+    """One note per cell with questions that could not run, with their ids and reasons."""
+    notes = []
+    for (suite, temperature, method), cell in skipped.groupby(["suite", "temperature", "method"], sort=False):
+        reasons = "; ".join(f"{qid}: {reason}" for qid, reason in zip(cell.question_id, cell.skipped))
+        notes.append(f"{suite} {method} T={temperature:g}: {len(cell)} question(s) skipped, left out of every "
+                     f"figure ({reasons})")
+    return notes
 
 
 def _gaps(frame: pd.DataFrame, manifest: dict) -> list[str]:
@@ -87,8 +107,10 @@ def load_runs(paths: list[Path]) -> list[Run]:
         name = run_dir.name if run_dir.name not in taken else f"{run_dir.parent.name}/{run_dir.name}"
         taken.add(name)
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        frame = _load_frame(run_dir)
-        notes = _gaps(frame, manifest)
+        damage: list[str] = []
+        every = metrics.load_frame(iter_result_files([run_dir]), damage)
+        notes = _gaps(every, manifest) + damage + _row_notes(every)
+        frame = _answered(every) if not every.empty else every
         if frame.empty:
             notes.append("no result rows yet")
         else:

@@ -3,6 +3,7 @@
 Each function returns a numeric (long) DataFrame; tables.py formats them and plots.py draws them.
 A speedup always uses the vanilla rows of the same run, suite, temperature (and task) on the questions
 both answered, never a baseline from another run. A missing baseline leaves NaN, shown as a gap.
+Pairs whose two rows were timed by different sweeps are counted (``cross_session``) for the notes.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def cell_stats(frame: pd.DataFrame, by_task: bool = False) -> pd.DataFrame:
             tau_macro=metrics.tau_macro(cell), tps=metrics.mean_tps(cell),
             speedup=metrics.speedup_ratio_of_means(mine, theirs), speedup_lo=sp_lo, speedup_hi=sp_hi,
             speedup_total=metrics.speedup_total_time(mine, theirs),
-            same_text=same if entry["temperature"] == 0 and compared else None, compared=compared)
+            same_text=same if entry["temperature"] == 0 and compared else None, compared=compared,
+            cross_session=metrics.cross_session_pairs(mine, theirs))
         out.append(entry)
     return pd.DataFrame(out)
 
@@ -84,8 +86,9 @@ def acceptance(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def quality(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each suite score (accuracy, pass@1, ...) of a method beside vanilla's on the questions both answered
-    (on all of the method's questions when there is no baseline)."""
+    """Each suite score (accuracy, pass@1, ...) of a method beside vanilla's on the questions both have a
+    score for (on all of the method's scored questions when vanilla has none): unscored answers (HumanEval
+    without --allow-code-exec) never count as zeros. ``questions`` is that n, ``answered`` the cell's size."""
     scores = [c for c in frame.columns if c.startswith("score:")]
     out = []
     for values, cell in frame.groupby(KEYS, sort=False):
@@ -93,11 +96,14 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
         for column in scores:
             if cell[column].isna().all():
                 continue
+            both = (mine[column].notna() & theirs[column].notna()).to_numpy()
+            if both.any():
+                value, vanilla, n = mine[column][both].mean(), theirs[column][both].mean(), int(both.sum())
+            else:
+                value, vanilla, n = cell[column].mean(), float("nan"), int(cell[column].notna().sum())
             out.append({**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all())),
-                        "score": column.removeprefix("score:"),
-                        "value": mine[column].mean() if len(mine) else cell[column].mean(),
-                        "vanilla": theirs[column].mean() if len(theirs) else float("nan"),
-                        "questions": len(mine) if len(mine) else int(cell[column].notna().sum())})
+                        "score": column.removeprefix("score:"), "value": value, "vanilla": vanilla,
+                        "questions": n, "answered": len(cell)})
     return pd.DataFrame(out)
 
 

@@ -68,13 +68,15 @@ def summary(cells: pd.DataFrame, runs: list[Run]) -> Table:
     shown["τ [95% CI]"] = [interval(*v) for v in zip(cells.tau, cells.tau_lo, cells.tau_hi)]
     shown["τ macro"] = cells.tau_macro.map(num)
     shown["tok/s"] = cells.tps.map(lambda v: num(v, 1))
-    shown["Speedup [95% CI]"] = [interval(*v) for v in zip(cells.speedup, cells.speedup_lo, cells.speedup_hi)]
+    shown["Speedup [95% CI]"] = [interval(*v) + (" †" if crossed else "") for *v, crossed in
+                                 zip(cells.speedup, cells.speedup_lo, cells.speedup_hi, cells.cross_session)]
     shown["Speedup (total time)"] = cells.speedup_total.map(num)
     shown["Same text as vanilla (T=0)"] = [same_text(s, n, lossless) for s, n, lossless
                                            in zip(cells.same_text, cells.compared, cells.lossless)]
     caption = (f"τ: {estimator(runs, 'tau')}. τ macro: mean over questions of per-question τ (HASS). "
                f"tok/s: mean over questions of new_tokens / wall_time. Speedup: {estimator(runs, 'speedup')}. "
                f"Speedup (total time): all tokens over all time, method over vanilla. Intervals: {INTERVAL}. "
+               f"†: some pairs were timed by different sweeps (a resumed run); see the notes. "
                f"Timer: {estimator(runs, 'timer_scope')}; tokens counted as {estimator(runs, 'token_count_method')}.")
     return Table("summary", "τ, throughput and speedup per method", caption, shown.reset_index(drop=True))
 
@@ -129,9 +131,12 @@ def quality(qual: pd.DataFrame, runs: list[Run]) -> Table:
     shown["Value"] = qual.value.map(lambda v: num(v, 3))
     shown["Vanilla"] = qual.vanilla.map(lambda v: num(v, 3))
     shown["Difference"] = (qual.value - qual.vanilla).map(lambda v: GAP if pd.isna(v) else f"{v:+.3f}")
-    shown["Questions"] = qual.questions.astype(str)
-    caption = ("Suite quality scores (GSM8K accuracy, HumanEval pass@1, ...): mean over questions, on the questions "
-               "both the method and vanilla answered. A lossless method should match vanilla within sampling noise.")
+    shown["Questions"] = [f"{n}" if n == answered else f"{n} of {answered} answered"
+                              for n, answered in zip(qual.questions, qual.answered)]
+    caption = ("Suite quality scores (GSM8K accuracy, HumanEval pass@1, ...): mean over the questions both the "
+               "method and vanilla have a score for; unscored answers (e.g. HumanEval without --allow-code-exec) "
+               "are left out, not counted as failures, and n says how many remain. A lossless method should "
+               "match vanilla within sampling noise.")
     return Table("quality", "Quality beside vanilla", caption, shown.reset_index(drop=True))
 
 
