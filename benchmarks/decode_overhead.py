@@ -27,6 +27,7 @@ from transformers.cache_utils import DynamicCache
 from harness import chat, env
 from harness.decode import generate
 from harness.drafter import METHODS
+from harness.kvcache import cache_keyword
 from harness.sampling import SamplingParams
 from harness.static_shapes import COMPILE_MODES
 from harness.target import Target
@@ -45,10 +46,10 @@ def hf_generate(target: Target, prompt: torch.Tensor, tokens: int) -> tuple[floa
 @torch.no_grad()
 def raw_loop(target: Target, prompt: torch.Tensor, tokens: int) -> tuple[float, int]:
     start = time.perf_counter()
-    cache = DynamicCache(config=target.model.config)
-    logits = target.model(prompt[None], past_key_values=cache, use_cache=True).logits
+    cache = {cache_keyword(target.model.forward): DynamicCache(config=target.model.config)}
+    logits = target.model(prompt[None], use_cache=True, **cache).logits
     for _ in range(tokens - 1):
-        logits = target.model(logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True).logits
+        logits = target.model(logits[:, -1:].argmax(-1), use_cache=True, **cache).logits
     return time.perf_counter() - start, tokens
 
 

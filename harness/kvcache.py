@@ -12,6 +12,8 @@ slot indices and returning a fixed window of slots, so no shape depends on the c
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
@@ -130,3 +132,9 @@ class SlotCache(Cache):
             torch._dynamo.mark_static_address(layer._keys)
             torch._dynamo.mark_static_address(layer._values)
         self.static_addresses = True
+
+
+def cache_keyword(forward) -> str:
+    """The name under which a model or layer forward takes its cache: ``cache`` in transformers releases that
+    renamed it (``past_key_values`` is deprecated there, to be removed in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"

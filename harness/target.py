@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from harness import loading, static_shapes
 from harness.attention_layout import AttentionLayout
 from harness.errors import UserError
-from harness.kvcache import SlotCache
+from harness.kvcache import SlotCache, cache_keyword
 from harness.tree import DraftTree
 
 
@@ -56,6 +56,7 @@ class Target:
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.layout = AttentionLayout.of(config)   # refuses families the tree verifier cannot serve
         self.cache = SlotCache(config.num_hidden_layers, self.max_len)
+        self._cache_keyword = cache_keyword(self.decoder.forward)
         self.length = 0   # committed tokens in the cache
         self.compile_mode = "off"
         self.bucket = 256
@@ -196,7 +197,7 @@ class Target:
                  logits_from: int) -> TargetOut:
         want_taps = bool(self.tap_layers)
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
-                           past_key_values=self.cache, use_cache=True, output_hidden_states=want_taps)
+                           use_cache=True, output_hidden_states=want_taps, **{self._cache_keyword: self.cache})
         hidden = out.last_hidden_state[0]
         logits = self.lm_head(hidden[logits_from:]).float()
         if self.logit_scale != 1.0:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from harness import static_shapes
 from harness.drafter import METHODS, Drafter
 from harness.errors import UserError
-from harness.kvcache import SlotCache
+from harness.kvcache import SlotCache, cache_keyword
 from harness.sampling import SamplingParams
 from harness.target import Target, TargetOut
 from harness.tree import DraftTree
@@ -64,13 +64,14 @@ class EagleNet(nn.Module):
         layer.input_layernorm = nn.Identity()
         self.layers = nn.ModuleList([layer])
         self.rotary = type(decoder.rotary_emb)(config=config)
+        self.cache_keyword = cache_keyword(layer.forward)
 
     def forward(self, embeds: Tensor, features: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
         """embeds, features: [B, n, H]; positions [B, n]; mask [B, 1, n, kv] additive -> [B, n, H]."""
         x = self.fc(torch.cat([embeds, features.to(embeds.dtype)], dim=-1))
         rope = self.rope(x, positions)
-        return self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                              use_cache=cache is not None, position_embeddings=rope)
+        return self.layers[0](x, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                              position_embeddings=rope, **{self.cache_keyword: cache})
 
     def rope(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """The family's rotary embedding; families with one per layer type (Gemma 3) are asked for full attention."""

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from harness.drafter import METHODS
 from harness.errors import UserError
+from harness.kvcache import cache_keyword
 from harness.target import Target
 from methods.eagle2 import Eagle2, EagleNet
 
@@ -83,11 +84,11 @@ class FspadNet(EagleNet):
         rope = self.rope(x, positions)
         layer = self.layers[0]
         if not self.partial_alignment:
-            return layer(x, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=cache is not None, position_embeddings=rope)
+            return layer(x, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                         position_embeddings=rope, **{self.cache_keyword: cache})
         # The family's own attention; the residual is duplicated around the widened MLP.
         attended = x + layer.self_attn(hidden_states=x, attention_mask=mask, position_ids=positions,
-                                       past_key_values=cache, position_embeddings=rope)[0]
+                                       position_embeddings=rope, **{cache_keyword(layer.self_attn.forward): cache})[0]
         return torch.cat([attended, attended], dim=-1) + layer.mlp(layer.post_attention_layernorm(attended))
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor]:

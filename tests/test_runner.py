@@ -1,13 +1,17 @@
 """The runner end to end on a tiny target folder: rows, manifest, resume, and clear errors."""
+import dataclasses
 import json
 
 import pytest
 
 from harness import decode, runner
 from harness.cli import main
+from harness.drafter import METHODS
 from harness.errors import UserError
 from harness.records import answer_file, read_rows
+from harness.report import build
 from harness.suite import SUITES, Question, Suite
+from harness.verify import Verifier
 from tests.tiny import save_tiny_target
 
 
@@ -150,3 +154,35 @@ def test_hf_generate_samples_at_temperature_one(tiny_dir, tmp_path):
     choice = rows[0]["choices"][0]
     assert len(rows) == 2 and sum(choice["new_tokens"]) > 0
     assert set(choice["accept_lengths"]) == {1}, "one token per target forward"
+
+
+class SecondChoiceVerifier(Verifier):
+    """A broken acceptance rule in a method still labelled lossless: the bonus is the target's second choice."""
+
+    def verify(self, tree, logits, sampling, rng):
+        verdict = super().verify(tree, logits, sampling, rng)
+        return dataclasses.replace(verdict, bonus=int(logits[int(verdict.path[-1])].topk(2).indices[1]))
+
+
+def test_a_lossless_labelled_method_that_loses_vanilla_text_fails_the_run_and_the_report(tiny_dir, tmp_path,
+                                                                                       monkeypatch, capsys):
+    broken = type("BrokenLookup", (METHODS.get("pld"),), {"verifier": lambda self: SecondChoiceVerifier()})
+    monkeypatch.setitem(METHODS._classes, "broken-tests", broken)
+    monkeypatch.setitem(METHODS._aliases, "broken-tests", "broken-tests")
+    broken.name = "broken-tests"
+    out = tmp_path / "cli"
+    code = main(["run", "--methods", "broken-tests", "--suite", "tiny-words", "--target", tiny_dir,
+                 "--max-new-tokens", "8", "--out", str(out), "--warmup", "0", "--limit", "2"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "LOSSLESS CHECK FAILED: broken-tests on tiny-words at T=0: only 0/2" in captured.err
+    assert "FAILED" in captured.out   # the summary's lossless column
+    report_dir = build([out], out=tmp_path / "report")
+    text = (report_dir / "report.md").read_text()
+    assert "**LOSSLESS CHECK FAILED**: broken-tests on tiny-words (T=0): 0 of 2" in text and "0/2 FAILED" in text
+
+
+def test_the_target_self_check_is_recorded_in_the_manifest(tiny_dir, tmp_path):
+    run_dir = runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=1), argv=["a"])
+    check = json.loads((run_dir / "manifest.json").read_text())["sweeps"][-1]["target_check"]
+    assert check["passed"] and check["tree_difference"] < 1e-5 and check["tree_nodes"] == 7
