@@ -53,6 +53,7 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 from harness.errors import UserError
 
@@ -157,12 +158,23 @@ def _interpreter_binds() -> tuple[list[str], str]:
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
             bound.append(top)
+    made: set[str] = set()
     for path in filter(None, map(os.path.realpath, filter(None, paths))):
         if os.path.exists(path) and not any(path == b or path.startswith(b + os.sep) for b in bound):
+            # bwrap would give the folders above it their host modes (/root is 0700): open them
+            parents = [p for p in reversed(list(_parents(path))) if p not in made]
+            args += [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
+            made.update(parents)
             args += ["--ro-bind", path, path]
             bound.append(path)
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     return args, executable
+
+
+def _parents(path: str) -> Iterator[str]:
+    """The folders above path, nearest first, without the root."""
+    while (path := os.path.dirname(path)) != os.sep:
+        yield path
 
 
 def _command(bwrap: str, as_root: bool, info_fd: int, gate_fd: int, cpu_s: int, memory_mb: int) -> list[str]:
