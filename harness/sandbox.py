@@ -75,6 +75,7 @@ def _guard(cpu_s, memory, output, nobody):
     token, code, tests = marshal.loads(data)
     del data
     os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[1])  # bwrap's pipes and our /dev/null
     if os.getuid() == 0:  # the harness runs as root: leave the mapped root for the real uid 65534
         os.setgroups([])
         os.setresgid(nobody, nobody, nobody)
@@ -145,30 +146,36 @@ class SandboxResult:
     output: str       # the tail of the child's stdout and stderr, without the token
 
 
-def _interpreter_binds() -> tuple[list[str], str]:
-    """bwrap arguments that show the system libraries and the interpreter read-only, and the interpreter."""
+@functools.cache
+def _filesystem() -> tuple[tuple[str, ...], str]:
+    """bwrap arguments that show the system libraries, the interpreter, its standard library and
+    libpython read-only (nothing else), and the interpreter's path."""
     executable = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-    paths = [executable, os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED") or ""]
+    wanted = [executable, os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED") or "", "/etc/ld.so.cache"]
     if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        paths.append(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")))
-    args, bound = [], []
+        wanted.append(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")))
+    args: list[str] = []
+    shown: list[str] = []
+    made: set[str] = set()
+
+    def show(option: str, source: str, path: str) -> None:
+        # bwrap makes the missing folders above a path private to the mapped root (/usr, /etc, /root:
+        # 0700), which the program, running as 65534, could not enter: make them 0755 first
+        parents = [p for p in reversed(list(_parents(path))) if p not in made]
+        args.extend(arg for parent in parents for arg in ("--perms", "0755", "--dir", parent))
+        made.update(parents)
+        args.extend((option, source, path))
+        shown.append(path)
+
     for top in ("/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
-            args += ["--symlink", os.readlink(top), top]
+            show("--symlink", os.readlink(top), top)
         elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-            bound.append(top)
-    made: set[str] = set()
-    for path in filter(None, map(os.path.realpath, filter(None, paths))):
-        if os.path.exists(path) and not any(path == b or path.startswith(b + os.sep) for b in bound):
-            # bwrap would give the folders above it their host modes (/root is 0700): open them
-            parents = [p for p in reversed(list(_parents(path))) if p not in made]
-            args += [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
-            made.update(parents)
-            args += ["--ro-bind", path, path]
-            bound.append(path)
-    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    return args, executable
+            show("--ro-bind", top, top)
+    for path in dict.fromkeys(os.path.realpath(p) for p in wanted if p):
+        if os.path.exists(path) and not any(path == s or path.startswith(s + os.sep) for s in shown):
+            show("--ro-bind", path, path)
+    return tuple(args), executable
 
 
 def _parents(path: str) -> Iterator[str]:
@@ -178,7 +185,7 @@ def _parents(path: str) -> Iterator[str]:
 
 
 def _command(bwrap: str, as_root: bool, info_fd: int, gate_fd: int, cpu_s: int, memory_mb: int) -> list[str]:
-    binds, executable = _interpreter_binds()
+    binds, executable = _filesystem()
     # As root, bwrap would map the sandbox's uid to root, for whom RLIMIT_NPROC does not bind; so it
     # waits on the gate while the parent writes a map that keeps root for setup and adds the real
     # uid 65534, which the guard then switches to. Otherwise the gate holds the program until the
