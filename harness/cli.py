@@ -88,6 +88,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
     if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--max-new-tokens and --limit must be positive")
+    if args.allow_code_exec:
+        from harness.sandbox import require_sandbox
+        require_sandbox()  # before any work: without bubblewrap nothing could be scored
     plan = runner.Plan(
         methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
         max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories,

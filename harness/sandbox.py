@@ -215,10 +215,12 @@ def _child_pid(fd: int, deadline: float) -> int | None:
 
 
 def _kill(pidfd: int) -> None:
+    """Kill the namespace's init and wait until it is gone, which is when everything else inside is."""
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        return
+    select.select([pidfd], [], [], 10)
 
 
 def _tail(output) -> str:
@@ -254,7 +256,8 @@ def run_python(program: str | Program, timeout_s: float = 10.0, memory_mb: int =
             if child is None:
                 process.kill()
                 process.wait()
-                raise UserError(f"the sandbox did not start: {_tail(output).strip()[-300:] or 'no output'}")
+                last = (_tail(output).strip().splitlines() or ["no output"])[-1][-300:]
+                raise UserError(f"the sandbox did not start: {last}")
             pidfd = os.pidfd_open(child)  # the child is still blocked on the gate, so this is it
             if as_root:
                 for name in ("uid_map", "gid_map"):
@@ -297,21 +300,20 @@ def _result(text: str, token: str, returncode: int, timed_out: bool) -> SandboxR
 
 
 @functools.cache
-def _probe() -> str | None:
+def unavailable() -> str | None:
     """Why the sandbox cannot run here, or None when a trivial program passes in it."""
     if shutil.which("bwrap") is None:
         return INSTALL
     try:
         result = run_python("pass", timeout_s=10)
+        problem = None if result.passed else result.reason
     except (UserError, OSError) as exc:
-        return f"bubblewrap cannot create its namespaces here ({exc}); generated code cannot be executed"
-    if not result.passed:
-        return f"bubblewrap cannot create its namespaces here ({result.reason}); generated code cannot be executed"
-    return None
+        problem = str(exc)
+    return problem and f"bubblewrap cannot sandbox generated code here ({problem}); it needs user namespaces"
 
 
 def require_sandbox() -> None:
     """Refuse (one line) when generated code cannot be executed in the sandbox on this machine."""
-    reason = _probe()
+    reason = unavailable()
     if reason is not None:
         raise UserError(reason)
