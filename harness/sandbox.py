@@ -152,7 +152,8 @@ def _filesystem() -> tuple[tuple[str, ...], str]:
     """bwrap arguments that show the system libraries, the interpreter, its standard library and
     libpython read-only (nothing else), and the interpreter's path."""
     executable = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-    wanted = [executable, os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED") or "", "/etc/ld.so.cache"]
+    wanted = [executable, os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED") or "",
+              "/etc/ld.so.cache"]
     if sysconfig.get_config_var("Py_ENABLE_SHARED"):
         wanted.append(os.path.join(sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")))
     args: list[str] = []

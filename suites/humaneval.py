@@ -3,10 +3,11 @@
 The turn is "Complete the code I provided." followed directly by the problem's prompt, as in the
 EAGLE-family evaluation sets. Scoring executes the answer against the problem's tests
 (``check(entry_point)``, the entry point's return values held to plain types) in harness.sandbox,
-so the runner scores it only with the explicit opt-in ``--allow-code-exec`` (``unsafe``). The code of a chat answer is its first fenced block if it has
-one (a block cut off by the token limit counts too), else the whole answer. Code that defines the
-entry point replaces the prompt's stub: it runs after the prompt, so the prompt's imports and helper
-functions (``poly``, ``encode_cyclic``, ...) exist. Anything else is the body that continues the prompt.
+so the runner scores it only with the explicit opt-in ``--allow-code-exec`` (``unsafe``). The code
+of a chat answer is its first fenced block if it has one (a block cut off by the token limit counts
+too), else the whole answer. Code that defines the entry point replaces the prompt's stub: it runs
+after the prompt, so the prompt's imports and helper functions (``poly``, ``encode_cyclic``, ...)
+exist. Anything else is the body that continues the prompt.
 """
 from __future__ import annotations
 

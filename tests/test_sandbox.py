@@ -7,7 +7,8 @@ from harness import sandbox
 from harness.errors import UserError
 from harness.sandbox import run_python
 
-needs_sandbox = pytest.mark.skipif(sandbox.unavailable() is not None, reason=f"no sandbox here: {sandbox.unavailable()}")
+needs_sandbox = pytest.mark.skipif(sandbox.unavailable() is not None,
+                                   reason=f"no sandbox here: {sandbox.unavailable()}")
 
 
 @needs_sandbox

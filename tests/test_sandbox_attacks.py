@@ -99,8 +99,8 @@ def test_no_process_or_thread_can_be_started(attack):
 
 def test_a_fork_storm_gets_nowhere():
     code = ("import os, time\nmade = 0\nfor _ in range(200):\n    try:\n        if os.fork() == 0:\n"
-            "            time.sleep(30)\n            os._exit(0)\n        made += 1\n    except OSError:\n        pass\n"
-            "print('forks', made)\n")
+            "            time.sleep(30)\n            os._exit(0)\n        made += 1\n"
+            "    except OSError:\n        pass\nprint('forks', made)\n")
     start = time.monotonic()
     result = run_python(code)
     assert result.passed and "forks 0" in result.output and time.monotonic() - start < 5, result
