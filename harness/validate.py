@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError, safe_open
 
+from harness import sandbox
 from harness.drafter import METHODS, Drafter, parse_options
 from harness.errors import UserError
 from harness.records import read_rows
@@ -57,6 +58,8 @@ def before_load(plan: "Plan") -> Checked:
         check_out(plan.out)
     suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
     questions = {name: load_questions(suite) for name, suite in suites.items()}
+    if plan.allow_code_exec and any(suite.unsafe for suite in suites.values()):
+        sandbox.require_sandbox()   # without a working bubblewrap nothing could be scored
     plan = dataclasses.replace(plan, methods=tuple(methods), options=options, checkpoints=checkpoints)
     return Checked(plan=plan, methods=methods, suites=suites, questions=questions)
 

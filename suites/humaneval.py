@@ -2,11 +2,12 @@
 
 The turn is "Complete the code I provided." followed directly by the problem's prompt, as in the
 EAGLE-family evaluation sets. Scoring executes the answer against the problem's tests
-(``check(entry_point)``) in harness.sandbox, so the runner scores it only with the explicit opt-in
-``--allow-code-exec`` (``unsafe``). The code of a chat answer is its first fenced block if it has
-one (a block cut off by the token limit counts too), else the whole answer. Code that defines the
-entry point replaces the prompt's stub: it runs after the prompt, so the prompt's imports and helper
-functions (``poly``, ``encode_cyclic``, ...) exist. Anything else is the body that continues the prompt.
+(``check(entry_point)``, the entry point's return values held to plain types) in harness.sandbox,
+so the runner scores it only with the explicit opt-in ``--allow-code-exec`` (``unsafe``). The code
+of a chat answer is its first fenced block if it has one (a block cut off by the token limit counts
+too), else the whole answer. Code that defines the entry point replaces the prompt's stub: it runs
+after the prompt, so the prompt's imports and helper functions (``poly``, ``encode_cyclic``, ...)
+exist. Anything else is the body that continues the prompt.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import UserError
-from harness.sandbox import run_python
+from harness.sandbox import Program, run_python
 from harness.suite import SUITES, Question, Suite, check_categories, read_numbered_jsonl
 
 URL = "https://raw.githubusercontent.com/openai/human-eval/master/data/HumanEval.jsonl.gz"
@@ -30,12 +31,13 @@ def extract_code(answer: str) -> str:
     return fenced.group(1) if fenced else answer
 
 
-def program(problem: dict, answer: str) -> str:
-    """The Python file that exits 0 iff the answer solves the problem."""
+def program(problem: dict, answer: str) -> Program:
+    """The program that passes iff the answer solves the problem: the tests are compiled apart from the
+    answer (which cannot swallow them) and see the entry point only through strict_returns."""
     code = extract_code(answer)
     defines_entry_point = re.search(rf"^def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.MULTILINE)
     body = problem["prompt"] + ("\n\n" if defines_entry_point else "") + code
-    return f"{body}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    return Program(f"{body}\n", f"{problem['test']}\n\ncheck(strict_returns({problem['entry_point']}))\n")
 
 
 @SUITES.register("humaneval", "human-eval")

@@ -6,11 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness.errors import UserError
-from harness.sandbox import run_python
+from harness.sandbox import run_python, unavailable
 from harness.suite import SUITES, Question, describe_suites, read_jsonl
 from suites.gsm8k import predicted_answer, reference_answer
 from suites.humaneval import program
 
+needs_sandbox = pytest.mark.skipif(unavailable() is not None, reason=f"no sandbox here: {unavailable()}")
 TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 
 
@@ -86,6 +87,7 @@ def test_gsm8k_eagle80_subset_is_reference_line_order(shared_data):
         SUITES.get("gsm8k")(data_dir=shared_data, variant="tiny")
 
 
+@needs_sandbox
 def test_humaneval_canonical_solutions_all_pass(shared_data):
     questions = SUITES.get("humaneval")(data_dir=shared_data).questions()
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -95,6 +97,7 @@ def test_humaneval_canonical_solutions_all_pass(shared_data):
     assert not failed, failed
 
 
+@needs_sandbox
 def test_humaneval_answer_forms(shared_data):
     suite = SUITES.get("humaneval")(data_dir=shared_data, timeout_s=2)
     assert suite.unsafe
