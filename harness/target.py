@@ -1,8 +1,9 @@
 """Target: the verified model, its tokenizer and its KV cache, and nothing else.
 
-It runs forwards over new tokens with explicit positions and a 4-D additive attention mask, so tree
-verification works on any Hugging Face decoder-only model whose attention takes a 4-D mask (tested:
-Llama and Qwen2 families) without copying a modeling file. It returns the logits and the features
+It runs forwards over new tokens with explicit positions and 4-D attention masks, one per layer type
+where a family mixes full and sliding-window layers (harness/attention_layout.py), so tree verification
+works on any Hugging Face decoder-only model whose attention takes a 4-D mask without copying a
+modeling file (tested on 13 families: tests/test_families.py; every target is self-checked at load). It returns the logits and the features
 drafters learn from: the final hidden states after the final norm (the input of the LM head), plus
 any intermediate layers asked for with ``tap_layers``. It knows nothing about drafters or suites.
 ``compile_tree_forward`` switches tree scoring to padded fixed shapes (harness/static_shapes.py) and

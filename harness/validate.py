@@ -56,10 +56,10 @@ def before_load(plan: "Plan") -> Checked:
             check_checkpoint_files(method, Path(path))
     if plan.out is not None:
         check_out(plan.out)
+    if plan.allow_code_exec and any(SUITES.get(name).unsafe for name in plan.suites):
+        sandbox.require_sandbox()   # without a working bubblewrap nothing could be scored
     suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
     questions = {name: load_questions(suite) for name, suite in suites.items()}
-    if plan.allow_code_exec and any(suite.unsafe for suite in suites.values()):
-        sandbox.require_sandbox()   # without a working bubblewrap nothing could be scored
     plan = dataclasses.replace(plan, methods=tuple(methods), options=options, checkpoints=checkpoints)
     return Checked(plan=plan, methods=methods, suites=suites, questions=questions)
 
