@@ -57,13 +57,14 @@ def measure(target: Target, seed: int = 0, min_prompt: int = 24) -> CheckResult:
     try:
         target.prefill(prompt)
         tree_logits = target.score_tree(tree).logits
+        deepest, reference = [], None
         for row in tree.paths.tolist():
             nodes = [n for n in row if n >= 0]
-            reference = _full_forward(target, torch.cat([prompt, tree.tokens[nodes]]))[prompt_len:]
-            scale = max(scale, float(reference.abs().max()))
-            tree_diff = max(tree_diff, float((tree_logits[nodes] - reference).abs().max()))
-        deepest = [n for n in max(tree.paths.tolist(), key=lambda r: sum(n >= 0 for n in r)) if n >= 0]
-        reference = _full_forward(target, torch.cat([prompt, tree.tokens[deepest]]))[prompt_len:]
+            path_reference = _full_forward(target, torch.cat([prompt, tree.tokens[nodes]]))[prompt_len:]
+            scale = max(scale, float(path_reference.abs().max()))
+            tree_diff = max(tree_diff, float((tree_logits[nodes] - path_reference).abs().max()))
+            if len(nodes) > len(deepest):
+                deepest, reference = nodes, path_reference
         target.prefill(prompt)
         for i, node in enumerate(deepest):
             logits = target.score_tree(DraftTree.root_only(tree.tokens[node])).logits[0]
