@@ -115,3 +115,14 @@ def test_logit_rules_of_the_head_are_applied():
         out = target.prefill(PROMPT)
         with torch.no_grad():
             torch.testing.assert_close(out.logits[0], model(PROMPT[None]).logits[0, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS.names() if METHODS.get(name).lossless])
+def test_every_lossless_method_matches_plain_greedy_on_gemma3(method):
+    """Gemma 3 alternates sliding and full layers and has a rotary embedding per layer type: every drafter
+    (EAGLE-family layers built from the target's own layer class included) must run on it and stay exact."""
+    target = family_target("gemma3")
+    prompt = torch.cat([torch.tensor([0]), PROMPT])
+    cls = METHODS.get(method)
+    drafter = cls(target, checkpoint="random" if cls.needs_checkpoint else None)
+    assert greedy(target, drafter, prompt, max_new_tokens=24).tokens == hf_greedy(target.model, prompt, 24)
