@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from harness.errors import UserError
@@ -57,7 +56,7 @@ class AttentionLayout:
                 raise UserError(f"target family {model_type!r} has layer types {', '.join(unknown)}, which the "
                                 f"tree verifier cannot mask or roll back: not supported")
             if SLIDING in layer_types and not window:
-                raise UserError(f"target config declares sliding-attention layers but no sliding_window")
+                raise UserError(f"target {model_type!r} declares sliding-attention layers but no sliding_window")
             return cls({kind: (window if kind == SLIDING else None) for kind in set(layer_types)}, per_type=True)
         return cls({SLIDING if window else FULL: window or None}, per_type=False)
 

@@ -72,7 +72,7 @@ class Plan:
 
 def run(plan: Plan, argv: list[str]) -> Path:
     checked = validate.before_load(plan)
-    plan, methods, suites = checked.plan, checked.methods, checked.suites
+    plan, suites = checked.plan, checked.suites
     questions = {name: _first(found, plan.limit, plan.per_task) for name, found in checked.questions.items()}
     target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
     target.compile_tree_forward(plan.compile, plan.compile_bucket)

@@ -17,3 +17,11 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "spec_bench" / "question.jsonl").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA} (set HARNESS_DATA_DIR)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """A loadable tiny target folder (random weights, word-level tokenizer), made once per test session."""
+    from tests.tiny import save_tiny_target
+
+    return save_tiny_target(tmp_path_factory.mktemp("target"))

@@ -12,7 +12,7 @@ from harness.selfcheck import measure, require
 from harness.target import Target
 from harness.tree import DraftTree
 from tests.families import CASES, CONFIGS, WINDOW, family_model, family_target
-from tests.test_lossless import STOP, greedy
+from tests.test_lossless import greedy
 from tests.tiny import NoisyTreeDrafter, hf_greedy
 
 TREE = DraftTree(torch.tensor([5, 6, 7, 8, 9, 10, 11]), torch.tensor([-1, 0, 0, 1, 1, 3, 5]))

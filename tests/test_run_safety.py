@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from harness import metrics, runner
 from harness.cli import main
@@ -14,7 +13,7 @@ from harness.records import RowWriter, answer_file, read_rows
 from harness.report import build, stats
 from harness.report.load import combined, load_runs
 from harness.suite import SUITES, Question, Suite
-from tests.tiny import save_tiny_target
+from tests.tiny import tiny_plan
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = " ".join(f"w{i % 90}" for i in range(120))   # more tokens than the max_len 64 used below
@@ -38,15 +37,8 @@ class TinySafety(Suite):
                 Question(id="3", category="words", turns=("w3 w4", LONG))]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_target(tmp_path_factory.mktemp("target"))
-
-
 def plan(tiny_dir, out, **kw):
-    base = dict(methods=("vanilla", "pld"), suites=("tiny-safety",), target=tiny_dir, max_new_tokens=12,
-                out=out, warmup=0)
-    return runner.Plan(**{**base, **kw})
+    return tiny_plan(tiny_dir, out, "tiny-safety", **{"max_new_tokens": 12, **kw})
 
 
 def cli_run(tiny_dir, out, *extra):

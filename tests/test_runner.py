@@ -12,7 +12,7 @@ from harness.records import answer_file, read_rows
 from harness.report import build
 from harness.suite import SUITES, Question, Suite
 from harness.verify import Verifier
-from tests.tiny import save_tiny_target
+from tests.tiny import tiny_plan
 
 
 @SUITES.register("tiny-words")
@@ -27,15 +27,8 @@ class TinyWords(Suite):
                 for i in range(5)]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_target(tmp_path_factory.mktemp("target"))
-
-
 def plan(tiny_dir, out, **kw):
-    base = dict(methods=("vanilla", "pld"), suites=("tiny-words",), target=tiny_dir, max_new_tokens=24,
-                out=out, warmup=0)
-    return runner.Plan(**{**base, **kw})
+    return tiny_plan(tiny_dir, out, "tiny-words", **{"max_new_tokens": 24, **kw})
 
 
 def test_run_writes_specbench_rows_and_a_manifest(tiny_dir, tmp_path):

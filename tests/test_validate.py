@@ -10,14 +10,9 @@ from harness import runner, validate
 from harness.cli import main
 from harness.records import answer_file, read_rows
 from methods.eagle2 import Eagle2
-from tests.tiny import save_tiny_target, tiny_target
+from tests.tiny import tiny_target
 
 QUESTIONS = [{"question_id": i, "category": "qa", "turns": [f"w{i} w{i + 1} w{i + 2}"]} for i in range(1, 4)]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_target(tmp_path_factory.mktemp("target"))
 
 
 @pytest.fixture(scope="module")

@@ -94,3 +94,11 @@ def save_tiny_target(path, family: str = "llama", vocab: int = 96) -> str:
     tiny_model(family, vocab).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def tiny_plan(target_dir: str, out, suite: str, **settings):
+    """A runner Plan (vanilla and PLD, no warm-up, unless settings say otherwise) on a tiny target folder."""
+    from harness.runner import Plan
+
+    base = dict(methods=("vanilla", "pld"), suites=(suite,), target=target_dir, out=out, warmup=0)
+    return Plan(**{**base, **settings})
