@@ -175,6 +175,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("eagle", "vllm", "sglang"), default="eagle")
     p.add_argument("--target", default=None)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="weights as written (engines cast them to the served dtype)")
 
 
 def _export(args: argparse.Namespace, argv: list[str]) -> None:
@@ -186,7 +188,7 @@ def _export(args: argparse.Namespace, argv: list[str]) -> None:
         raise UserError(f"method {method.name!r} has no exportable checkpoint format")
     target = Target.load(args.target)
     net = method.load_net(target, args.checkpoint)
-    print(f"exported: {method.export(net, target, args.out, args.format)}")
+    print(f"exported: {method.export(net, target, args.out, args.format, getattr(torch, args.dtype))}")
 
 
 def _key_value(pair: str) -> tuple[str, object]:
