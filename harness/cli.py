@@ -191,6 +191,30 @@ def _export(args: argparse.Namespace, argv: list[str]) -> None:
     print(f"exported: {method.export(net, target, args.out, args.format, getattr(torch, args.dtype))}")
 
 
+def _add_engine_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engine-check", help="export a draft, run it in vLLM (chain of k drafts, T=0) and compare "
+                                            "vLLM's acceptance counters and texts with the harness's")
+    p.add_argument("--method", required=True, help="eagle2, hass or coral")
+    p.add_argument("--engine", choices=("vllm",), default="vllm")
+    p.add_argument("--checkpoint", default=None, help="default: the committed draft for the target")
+    p.add_argument("--target", default=None)
+    p.add_argument("--suite", default="mtbench")
+    p.add_argument("--prompts", type=int, default=10, help="first N questions' first turns")
+    p.add_argument("--k", type=int, default=3, help="draft tokens per step")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--tolerance", type=float, default=0.05, help="allowed difference in mean acceptance length")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--keep-export", type=Path, default=None, help="write the export here instead of a temp folder")
+
+
+def _engine_check(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.engines import check
+
+    check.run(check.CheckConfig(method=args.method, checkpoint=args.checkpoint, target=args.target, suite=args.suite,
+                                prompts=args.prompts, k=args.k, max_new_tokens=args.max_new_tokens,
+                                tolerance=args.tolerance, data_dir=args.data_dir, keep=args.keep_export))
+
+
 def _key_value(pair: str) -> tuple[str, object]:
     key, sep, value = pair.partition("=")
     if not sep:
@@ -248,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_datagen(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_engine_check(sub)
     report_parser = sub.add_parser("report", help="tables, plots and paper tables from result folders")
     report.add_arguments(report_parser)
     sub.add_parser("list", help="registered methods and suites")
@@ -255,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     suites_parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
-                "export": _export, "report": lambda args, argv: report.run(args),
+                "export": _export, "engine-check": _engine_check, "report": lambda args, argv: report.run(args),
                 "suites": _suites}
     try:
         handlers[args.command](args, argv)
