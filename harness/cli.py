@@ -82,12 +82,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-bucket", type=int, default=256, help="attention window granularity for --compile")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--allow-code-exec", action="store_true", help="score suites that execute model output")
+    p.add_argument("--stack", choices=("harness", "vllm"), default="harness",
+                   help="harness: this harness's decoding loop (batch 1); vllm: serve the prompts with vLLM "
+                        "(the engines venv, make engines) at each --concurrency")
+    p.add_argument("--concurrency", type=_csv, default=("1",), help="--stack vllm: concurrent clients, e.g. 1,2,4")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
     from harness import metrics, runner
     from harness.records import iter_result_files
 
+    if args.stack == "vllm":
+        return _serve(args, argv)
     if args.batch_size != 1:
         raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
     plan = runner.Plan(
@@ -109,6 +115,26 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
     failures = metrics.lossless_failures(summary)
     if failures:
         raise LosslessFailure("\n".join(failures))
+
+
+def _serve(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.engines import serving
+
+    if args.temperature != (0.0,) or len(args.suites) != 1:
+        raise UserError("--stack vllm runs one suite at --temperature 0")
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency)
+    except ValueError as exc:
+        raise UserError(f"--concurrency takes integers, e.g. 1,2,4: {exc}") from None
+    suite = args.suites[0]
+    out = args.out or Path("results") / f"vllm-{suite}-{args.max_new_tokens}"
+    plan = serving.ServePlan(methods=args.methods, suite=suite, concurrency=concurrency, out=out, target=args.target,
+                             limit=args.limit, max_new_tokens=args.max_new_tokens,
+                             options=_method_values(args.opt, "--opt"),
+                             checkpoints=_method_values(args.checkpoint, "--checkpoint"), data_dir=args.data_dir)
+    run_dir = serving.run(plan, argv)
+    print(f"results: {run_dir}")
+    print(serving.format_cells(serving.read_cells(run_dir)))
 
 
 def _add_datagen(sub: argparse._SubParsersAction) -> None:

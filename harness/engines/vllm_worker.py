@@ -17,11 +17,11 @@ COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
 PER_POSITION = "vllm:spec_decode_num_accepted_tokens_per_pos"
 
 
-def counters(llm) -> dict:
-    """Cumulative spec-decode counters (absent before the first speculative step: zeros)."""
+def counters(metrics: list) -> dict:
+    """Cumulative spec-decode counters from vLLM's metrics (absent before the first speculative step: zeros)."""
     found = {name: 0 for name in COUNTERS}
     found[PER_POSITION] = []
-    for metric in llm.get_metrics():
+    for metric in metrics:
         if metric.name in COUNTERS:
             found[metric.name] = int(metric.value)
         elif metric.name == PER_POSITION:
@@ -52,12 +52,12 @@ def main() -> None:
                             ignore_eos=False, detokenize=False)
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in job["prompts"]]
     llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=8, detokenize=False), use_tqdm=False)
-    before = counters(llm)
+    before = counters(llm.get_metrics())
     outputs, started = [], time.perf_counter()
     for prompt in prompts:       # one request at a time: batch size 1, as the harness decodes
         outputs.extend(llm.generate([prompt], params, use_tqdm=False))
     wall = time.perf_counter() - started
-    result = {"load_s": load_s, "wall_s": wall, "counters": difference(counters(llm), before),
+    result = {"load_s": load_s, "wall_s": wall, "counters": difference(counters(llm.get_metrics()), before),
               "tokens": [list(out.outputs[0].token_ids) for out in outputs]}
     with open(sys.argv[2], "w") as handle:
         json.dump(result, handle)
