@@ -87,6 +87,7 @@ def run(plan: ServePlan, argv: list[str]) -> Path:
     cells_path = plan.out / CELLS_FILE
     cells_path.unlink(missing_ok=True)
     ordered = sorted(plan.methods, key=lambda m: m != "vanilla")
+    reference: dict[int, list[int]] = {}   # vanilla's tokens at the first level: the texts every cell must keep
     with tempfile.TemporaryDirectory() as scratch:
         for method in ordered:
             spec = speculative_config(method, plan, target, Path(scratch))
@@ -96,7 +97,9 @@ def run(plan: ServePlan, argv: list[str]) -> Path:
                 "model": str(hf_folder(target)), "spec": spec, "prompts": prompts, "max_tokens": plan.max_new_tokens,
                 "stop_ids": sorted(stops), "max_model_len": 2048, "dtype": "float32",
                 "concurrency": list(plan.concurrency)}, Path(scratch))
-            write_method(plan, method, spec, questions, target, stops, result, cells_path)
+            if method == "vanilla":
+                reference = {r["index"]: r["tokens"] for r in result["levels"][0]["records"]}
+            write_method(plan, method, spec, questions, target, stops, result, cells_path, reference)
     return plan.out
 
 
@@ -126,7 +129,7 @@ def run_worker(interpreter: Path, job: dict, scratch: Path) -> dict:
 
 
 def write_method(plan: ServePlan, method: str, spec: dict | None, questions, target: Target, stops: frozenset[int],
-                 result: dict, cells_path: Path) -> None:
+                 result: dict, cells_path: Path, reference: dict[int, list[int]]) -> None:
     answers = plan.out / "serving" / plan.suite / f"{method}.jsonl"
     answers.parent.mkdir(parents=True, exist_ok=True)
     with open(answers, "w") as rows, open(cells_path, "a") as cells:
@@ -142,7 +145,12 @@ def write_method(plan: ServePlan, method: str, spec: dict | None, questions, tar
                     "tpot_s": (record["latency_s"] - record["ttft_s"]) / (n - 1) if n > 1 else None,
                     "latency_s": record["latency_s"], "start_s": record["start"], "tstamp": time.time(),
                     "turns": [chat.decode(target.tokenizer, record["tokens"], stops)]}) + "\n")
-            cells.write(json.dumps(cell_summary(method, plan.suite, spec, level)) + "\n")
+            summary = cell_summary(method, plan.suite, spec, level)
+            if reference:
+                summary["same_text_as_vanilla"] = sum(chat.decode(target.tokenizer, r["tokens"], stops) ==
+                                                      chat.decode(target.tokenizer, reference[r["index"]], stops)
+                                                      for r in records)
+            cells.write(json.dumps(summary) + "\n")
 
 
 def cell_summary(method: str, suite: str, spec: dict | None, level: dict) -> dict:
@@ -178,7 +186,7 @@ def speedup_rows(cells: list[dict]) -> list[dict]:
 
 def format_cells(cells: list[dict]) -> str:
     head = (f"{'method':<8} {'conc':>4} {'tok/s':>7} {'speedup':>7} {'MAL':>5} {'TTFT p50/p90/p99 s':>20} "
-            f"{'TPOT p50/p90/p99 ms':>21} {'latency p50/p90/p99 s':>23}")
+            f"{'TPOT p50/p90/p99 ms':>21} {'latency p50/p90/p99 s':>23} {'same text':>9}")
     lines = [head]
     for c in speedup_rows(cells):
         mal = f"{c['mean_acceptance_length']:.2f}" if c["mean_acceptance_length"] else "—"
@@ -186,6 +194,7 @@ def format_cells(cells: list[dict]) -> str:
         ttft = "/".join(f"{c[f'ttft_s_p{p}']:.2f}" for p in PERCENTILES)
         tpot = "/".join(f"{1000 * c[f'tpot_s_p{p}']:.0f}" if c[f"tpot_s_p{p}"] is not None else "—" for p in PERCENTILES)
         latency = "/".join(f"{c[f'latency_s_p{p}']:.1f}" for p in PERCENTILES)
+        same = f"{c['same_text_as_vanilla']}/{c['requests']}" if "same_text_as_vanilla" in c else "—"
         lines.append(f"{c['method']:<8} {c['concurrency']:>4} {c['throughput_tok_s']:>7.1f} {speed:>7} {mal:>5} "
-                     f"{ttft:>20} {tpot:>21} {latency:>23}")
+                     f"{ttft:>20} {tpot:>21} {latency:>23} {same:>9}")
     return "\n".join(lines)

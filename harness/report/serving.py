@@ -39,6 +39,8 @@ def section(folders: list[Path], research_cells: pd.DataFrame) -> Section:
         "tok/s": frame.throughput_tok_s.map(lambda v: num(v, 1)), "Speedup": frame.speedup.map(num),
         "Engine MAL": frame.mean_acceptance_length.map(num),
         "Harness τ": [num(tau.get((s, m))) for s, m in zip(frame.suite, frame.method)],
+        "Same text as vanilla": [f"{int(n)}/{r}" if n == n and n is not None else GAP
+                                 for n, r in zip(frame.get("same_text_as_vanilla", [None] * len(frame)), frame.requests)],
         **{f"{name} p{p}": frame[f"{key}_p{p}"].map(lambda v, scale=scale: num(None if v is None else v * scale, 2))
            for name, key, scale in (("TTFT s", "ttft_s", 1), ("TPOT ms", "tpot_s", 1000), ("Latency s", "latency_s", 1))
            for p in PERCENTILES}})
