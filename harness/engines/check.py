@@ -10,9 +10,6 @@ acceptance lengths equal within ``tolerance``; anything else is an error.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -23,11 +20,12 @@ import torch
 from harness import chat
 from harness.decode import generate
 from harness.drafter import METHODS
+from harness.engines import venv
 from harness.errors import UserError
+from harness.loading import converted_gguf
 from harness.sampling import SamplingParams
 from harness.suite import SUITES, load_questions
 from harness.target import Target
-from harness.engines import venv
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 # method -> (the harness method whose drafting the export reproduces, vLLM's method name)
@@ -86,10 +84,12 @@ def run(config: CheckConfig) -> dict:
         export_dir = config.keep or Path(scratch) / "draft"
         method = METHODS.get(config.method)
         method.export(method.load_net(target, config.checkpoint), target, export_dir, "vllm", torch.float32)
-        engine = run_vllm(interpreter, {
+        engine = venv.run_worker(interpreter, WORKER, {
             "model": str(hf_folder(target)), "draft": str(export_dir), "method": engine_method, "k": config.k,
             "prompts": [p.tolist() for p in prompts], "max_tokens": config.max_new_tokens,
             "stop_ids": sorted(stops), "max_model_len": 2048, "dtype": "float32"}, Path(scratch))
+    print(f"vLLM: engine start {engine['load_s']:.0f} s, {len(prompts)} prompts in {engine['wall_s']:.0f} s",
+          file=sys.stderr)
     ours, texts = harness_chain(target, harness_method, config, prompts, stops)
     theirs = ChainStats(*(engine["counters"][f"vllm:spec_decode_{name}"] for name in
                           ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "num_accepted_tokens_per_pos")))
@@ -126,34 +126,8 @@ def hf_folder(target: Target) -> Path:
     if Path(target.source).is_dir():
         return Path(target.source)
     if target.source.endswith(".gguf"):
-        from harness.loading import _converted_gguf
-        return _converted_gguf(Path(target.source))
+        return converted_gguf(Path(target.source))
     raise UserError(f"engine-check needs the target as a local folder or GGUF file, not {target.source!r}")
-
-
-def run_vllm(interpreter: Path, job: dict, scratch: Path) -> dict:
-    """The worker in the engines venv; its last error line becomes one UserError line."""
-    job_path, result_path, log_path = scratch / "job.json", scratch / "result.json", scratch / "vllm.log"
-    job_path.write_text(json.dumps(job))
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-           "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("PYTHONPATH", None)
-    print(f"running vLLM ({interpreter}) ...", file=sys.stderr)
-    with open(log_path, "w") as log:
-        done = subprocess.run([str(interpreter), str(WORKER), str(job_path), str(result_path)], stdout=log,
-                              stderr=subprocess.STDOUT, env=env, cwd=scratch)
-    if done.returncode != 0 or not result_path.is_file():
-        raise UserError(f"vLLM failed: {engine_reason(log_path.read_text())}")
-    return json.loads(result_path.read_text())
-
-
-def engine_reason(log: str) -> str:
-    """The most telling line of an engine's log: the last exception message, else the last line."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error:" in line or "Exception:" in line:
-            return line[-400:]
-    return lines[-1][-400:] if lines else "no output"
 
 
 def harness_chain(target: Target, method: str, config: CheckConfig, prompts: list[torch.Tensor],

@@ -11,8 +11,6 @@ engines venv (harness/engines/venv.py) as a subprocess, which ends with the run,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ import torch
 from harness import chat, env
 from harness.drafter import METHODS
 from harness.engines import venv
-from harness.engines.check import engine_reason, hf_folder
+from harness.engines.check import hf_folder
 from harness.errors import UserError
 from harness.suite import SUITES, load_questions
 from harness.target import Target
@@ -93,7 +91,7 @@ def run(plan: ServePlan, argv: list[str]) -> Path:
             spec = speculative_config(method, plan, target, Path(scratch))
             print(f"serving {method} with vLLM {version} at concurrency {','.join(map(str, plan.concurrency))} ...",
                   file=sys.stderr)
-            result = run_worker(interpreter, {
+            result = venv.run_worker(interpreter, SERVE_WORKER, {
                 "model": str(hf_folder(target)), "spec": spec, "prompts": prompts, "max_tokens": plan.max_new_tokens,
                 "stop_ids": sorted(stops), "max_model_len": 2048, "dtype": "float32",
                 "concurrency": list(plan.concurrency)}, Path(scratch))
@@ -101,31 +99,6 @@ def run(plan: ServePlan, argv: list[str]) -> Path:
                 reference = {r["index"]: r["tokens"] for r in result["levels"][0]["records"]}
             write_method(plan, method, spec, questions, target, stops, result, cells_path, reference)
     return plan.out
-
-
-def run_worker(interpreter: Path, job: dict, scratch: Path) -> dict:
-    job_path, result_path, log_path = scratch / "serve.json", scratch / "served.json", scratch / "serve.log"
-    job_path.write_text(json.dumps(job))
-    result_path.unlink(missing_ok=True)
-    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                   "TOKENIZERS_PARALLELISM": "false"}
-    environment.pop("PYTHONPATH", None)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([str(interpreter), str(SERVE_WORKER), str(job_path), str(result_path)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=scratch,
-                                   start_new_session=True)
-        try:
-            process.wait()
-        finally:   # Ctrl-C or any error: the engine and its worker processes end with us
-            if process.poll() is None:
-                os.killpg(process.pid, 15)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, 9)
-    if process.returncode != 0 or not result_path.is_file():
-        raise UserError(f"vLLM failed: {engine_reason(log_path.read_text())}")
-    return json.loads(result_path.read_text())
 
 
 def write_method(plan: ServePlan, method: str, spec: dict | None, questions, target: Target, stops: frozenset[int],
