@@ -49,3 +49,19 @@ def test_a_method_vllm_cannot_run_is_refused(tmp_path):
     plan = serving.ServePlan(methods=("fspad",), suite="mtbench", concurrency=(1,), out=tmp_path)
     with pytest.raises(serving.UserError, match="not 'fspad'"):
         serving.speculative_config("fspad", plan, None, tmp_path)
+
+
+def test_worker_result_and_the_engines_reason_in_one_line(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from harness.engines import venv
+
+    good = tmp_path / "good.py"
+    good.write_text("import json, sys\njob = json.load(open(sys.argv[1]))\n"
+                    "json.dump({'echo': job['x']}, open(sys.argv[2], 'w'))\n")
+    assert venv.run_worker(Path(sys.executable), good, {"x": 3}, tmp_path) == {"echo": 3}
+    bad = tmp_path / "bad.py"
+    bad.write_text("print('loading...')\nraise ValueError('draft config does not fit')\n")
+    with pytest.raises(serving.UserError, match="vLLM failed: ValueError: draft config does not fit"):
+        venv.run_worker(Path(sys.executable), bad, {}, tmp_path)
