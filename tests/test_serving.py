@@ -10,8 +10,8 @@ from harness.engines import serving
 
 
 def level(concurrency: int, wall: float, accepted: int = 0, drafts: int = 0) -> dict:
-    records = [{"index": i, "tokens": list(range(11)), "start": 0.0, "ttft_s": 0.1 * (i + 1), "latency_s": 1.1 * (i + 1)}
-               for i in range(4)]
+    records = [{"index": i, "tokens": list(range(11)), "start": 0.0, "ttft_s": 0.1 * (i + 1),
+                "latency_s": 1.1 * (i + 1)} for i in range(4)]
     counters = {"vllm:spec_decode_num_drafts": drafts, "vllm:spec_decode_num_draft_tokens": 3 * drafts,
                 "vllm:spec_decode_num_accepted_tokens": accepted, "vllm:spec_decode_num_accepted_tokens_per_pos": []}
     return {"concurrency": concurrency, "wall_s": wall, "records": records, "counters": counters}

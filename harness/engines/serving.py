@@ -137,7 +137,8 @@ def cell_summary(method: str, suite: str, spec: dict | None, level: dict) -> dic
                "throughput_tok_s": tokens / level["wall_s"], "spec": spec, "drafts": drafts,
                "draft_tokens": counters["vllm:spec_decode_num_draft_tokens"],
                "accepted_tokens": counters["vllm:spec_decode_num_accepted_tokens"],
-               "mean_acceptance_length": 1 + counters["vllm:spec_decode_num_accepted_tokens"] / drafts if drafts else None}
+               "mean_acceptance_length":
+                   1 + counters["vllm:spec_decode_num_accepted_tokens"] / drafts if drafts else None}
     for name, values in (("ttft_s", [r["ttft_s"] for r in records]), ("tpot_s", tpot),
                          ("latency_s", [r["latency_s"] for r in records])):
         for p in PERCENTILES:
@@ -165,7 +166,8 @@ def format_cells(cells: list[dict]) -> str:
         mal = f"{c['mean_acceptance_length']:.2f}" if c["mean_acceptance_length"] else "—"
         speed = f"{c['speedup']:.2f}" if c["speedup"] else "—"
         ttft = "/".join(f"{c[f'ttft_s_p{p}']:.2f}" for p in PERCENTILES)
-        tpot = "/".join(f"{1000 * c[f'tpot_s_p{p}']:.0f}" if c[f"tpot_s_p{p}"] is not None else "—" for p in PERCENTILES)
+        tpot = "/".join("—" if c[f"tpot_s_p{p}"] is None else f"{1000 * c[f'tpot_s_p{p}']:.0f}"
+                        for p in PERCENTILES)
         latency = "/".join(f"{c[f'latency_s_p{p}']:.1f}" for p in PERCENTILES)
         same = f"{c['same_text_as_vanilla']}/{c['requests']}" if "same_text_as_vanilla" in c else "—"
         lines.append(f"{c['method']:<8} {c['concurrency']:>4} {c['throughput_tok_s']:>7.1f} {speed:>7} {mal:>5} "

@@ -137,7 +137,8 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
         render.write_latex(out_dir / f"paper_{paper}.tex", ptables)
     sections.insert(0, Section("overview", "Runs and gaps", [
         *failures,
-        f"Runs: {', '.join(f'{r.name} ({r.path})' for r in runs)}.",
+        "Runs: " + ", ".join([f"{r.name} ({r.path})" for r in runs]
+                             + [f"{p.name} ({p}, vLLM serving)" for p in served]) + ".",
         "Methods marked NOT LOSSLESS change the output distribution; compare their speed with care.",
         *(notes or ["No gaps: every cell listed in the manifests is complete and has a vanilla baseline."])]))
     if runs:

@@ -39,8 +39,8 @@ def section(folders: list[Path], research_cells: pd.DataFrame) -> Section:
         "tok/s": frame.throughput_tok_s.map(lambda v: num(v, 1)), "Speedup": frame.speedup.map(num),
         "Engine MAL": frame.mean_acceptance_length.map(num),
         "Harness τ": [num(tau.get((s, m))) for s, m in zip(frame.suite, frame.method)],
-        "Same text as vanilla": [f"{int(n)}/{r}" if n == n and n is not None else GAP
-                                 for n, r in zip(frame.get("same_text_as_vanilla", [None] * len(frame)), frame.requests)],
+        "Same text as vanilla": [f"{int(n)}/{r}" if n == n and n is not None else GAP for n, r in
+                                 zip(frame.get("same_text_as_vanilla", [None] * len(frame)), frame.requests)],
         **{f"{name} p{p}": frame[f"{key}_p{p}"].map(lambda v, scale=scale: num(None if v is None else v * scale, 2))
            for name, key, scale in (("TTFT s", "ttft_s", 1), ("TPOT ms", "tpot_s", 1000), ("Latency s", "latency_s", 1))
            for p in PERCENTILES}})
@@ -50,10 +50,11 @@ def section(folders: list[Path], research_cells: pd.DataFrame) -> Section:
     wide.columns = ["Run", "Suite", "Method"] + [f"c={c}" for c in wide.columns[3:]]
     caption = ("Speedup: output tokens per second of the level (all requests' tokens over the level's wall time), "
                "method over vanilla at the same concurrency, same engine. c: concurrent closed-loop clients.")
-    detail_caption = ("Per (method, concurrency): throughput; Engine MAL: vLLM's mean acceptance length, 1 + accepted / "
-                      "drafts from its own counters (differences around the level); Harness τ: the research stack's "
-                      "pooled τ for the same suite at T=0 when its run is in this report (its tree, not vLLM's chain); "
-                      "TTFT, TPOT ((latency - TTFT) / (tokens - 1)) and end-to-end latency percentiles over requests.")
+    detail_caption = ("Per (method, concurrency): throughput; Engine MAL: vLLM's mean acceptance length, "
+                      "1 + accepted / drafts from its own counters (differences around the level); Harness τ: the "
+                      "research stack's pooled τ for the same suite at T=0 when its run is in this report (its "
+                      "tree, not vLLM's chain); TTFT, TPOT ((latency - TTFT) / (tokens - 1)) and end-to-end latency "
+                      "percentiles over requests.")
     return Section("serving", "Serving (vLLM): speedup vs concurrency", tables=[
         Table("serving_speedup", "Throughput speedup over vanilla by concurrency", caption, wide),
         Table("serving_cells", "Serving cells", detail_caption, detail.reset_index(drop=True))])
