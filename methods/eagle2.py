@@ -147,7 +147,7 @@ class Eagle2(Drafter):
     @classmethod
     def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
                dtype: torch.dtype = torch.float16) -> Path:
-        """The EAGLE layout as the EAGLE repo, vLLM or SGLang reads it (methods/_eagle_io.py, docs/export.md)."""
+        """The EAGLE layout as the EAGLE repo, vLLM or SGLang reads it (methods/_eagle_io.py, docs/engines.md)."""
         return eagle_io.export(net.state_dict(), target, Path(out), flavor, dtype)
 
     # ---- training (harness/train/trainer.py calls these) --------------------------------------------

@@ -2,7 +2,9 @@
 
 Both sides decode the same chat prompts (as token ids) greedily with a chain of k draft tokens: vLLM
 with ``speculative_config={"method": "eagle", "model": EXPORT, "num_speculative_tokens": k}``, the harness
-with the same draft as a chain tree (``total_tokens=k+1``, ``top_k=1``, ``depth=k-1``). Both count the
+with the same draft as a chain tree (``total_tokens=k+1``, ``top_k=1``, ``depth=k-1``; Medusa: vLLM's
+``"medusa"`` method, which drafts every head's argmax, against the harness's chain ``choices``
+[[0], [0, 0], ...] with k = the number of heads). Both count the
 same way: a draft is one verification step, accepted tokens are counted before any cut at a stop token or
 the token budget (vLLM's scheduler counts them so), and the mean acceptance length is
 1 + accepted / drafts. The texts must be identical (both are exact at T = 0) and the two mean
@@ -30,7 +32,8 @@ from harness.target import Target
 WORKER = Path(__file__).with_name("vllm_worker.py")
 # method -> (the harness method whose drafting the export reproduces, vLLM's method name)
 ENGINE_METHODS = {"eagle2": ("eagle2", "eagle"), "hass": ("hass", "eagle"),
-                  "coral": ("coral-fullhead", "eagle")}   # no engine has CORAL's grouped head: the body only
+                  "coral": ("coral-fullhead", "eagle"),   # no engine has CORAL's grouped head: the body only
+                  "medusa": ("medusa", "medusa")}         # vLLM drafts every head's argmax: k = the heads
 
 
 @dataclass
@@ -63,7 +66,10 @@ class CheckConfig:
     keep: Path | None = None     # keep the export here (default: a temporary folder)
 
 
-def chain_options(k: int) -> dict:
+def chain_options(method: str, k: int) -> dict:
+    """The harness options that make ``method`` draft vLLM's chain of k tokens."""
+    if method == "medusa":
+        return {"choices": [[0] * depth for depth in range(1, k + 1)]}
     return {"total_tokens": k + 1, "top_k": 1, "depth": k - 1}
 
 
@@ -133,7 +139,7 @@ def hf_folder(target: Target) -> Path:
 def harness_chain(target: Target, method: str, config: CheckConfig, prompts: list[torch.Tensor],
                   stops: frozenset[int]) -> tuple[ChainStats, list[list[int]]]:
     """The harness's chain-mode decoding of the same prompts, counted as vLLM counts."""
-    drafter = METHODS.get(method)(target, checkpoint=config.checkpoint, **chain_options(config.k))
+    drafter = METHODS.get(method)(target, checkpoint=config.checkpoint, **chain_options(method, config.k))
     verifier = drafter.verifier()
     stats = ChainStats(per_position=[0] * config.k)
     verify = verifier.verify
