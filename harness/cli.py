@@ -82,6 +82,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile-bucket", type=int, default=256, help="attention window granularity for --compile")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--allow-code-exec", action="store_true", help="score suites that execute model output")
+    p.add_argument("--device-map", choices=("auto", "balanced"), default=None,
+                   help="spread the target's layers over the visible GPUs (accelerate)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run questions on N Ray workers, one device each (needs pip install -e '.[cluster]')")
+    p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
@@ -90,13 +95,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
 
     if args.batch_size != 1:
         raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
+    if args.cluster and not args.workers:
+        raise UserError("--cluster needs --workers N (how many workers to run on it)")
     plan = runner.Plan(
         methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
         max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories,
         seed=args.seed, top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
         options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
         warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,
-        compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec)
+        compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec,
+        device_map=args.device_map, workers=args.workers, cluster=args.cluster)
     try:
         run_dir = runner.run(plan, argv)
     except torch.OutOfMemoryError as exc:
