@@ -95,11 +95,12 @@ class SweepWorker:
         self.stops = chat.stop_ids(self.target.tokenizer, getattr(self.target.model, "generation_config", None))
         self.identity = {**env.worker(self.target.device), "session": self.session}
         self.warm: set[tuple] = set()
-        return {"settings": plan.settings(self.target), "target_check": check.as_dict(), "worker": self.identity,
+        settings = plan.settings(self.target)
+        return {"settings": settings, "agree": settings, "target_check": check.as_dict(), "worker": self.identity,
                 "drafters": {m: {"options": d.settings(), "checkpoint": d.checkpoint, "lossless": d.lossless}
                              for m, d in self.drafters.items()}}
 
-    def answer(self, unit: "Unit") -> list[dict]:
+    def work(self, unit: "Unit") -> list[dict]:
         """The unit's rows, one per method, in the order given (vanilla first)."""
         plan = self.checked.plan
         suite = self.checked.suites[unit.suite]
@@ -123,14 +124,17 @@ class Unit:
     methods: tuple[str, ...]
     scored: bool
 
+    def __repr__(self) -> str:
+        return f"{self.suite} question {self.question.id} (T={self.temperature:g})"
+
 
 def run(checked: validate.Checked, questions: dict[str, list[Question]], argv: list[str]) -> Path:
     """The sweep of ``checked.plan`` on plan.workers Ray workers; returns the run directory."""
     plan = checked.plan
     started = connect(plan.cluster)
-    pool = _Pool(checked, questions)
+    pool = Pool(SweepWorker, (checked, questions), plan.workers, plan.device, plan.device_map)
     try:
-        info = pool.start(plan.workers)
+        info = pool.start()
         run_dir = runner.run_dir_for(plan, info["settings"])
         validate.check_run_dir(checked, run_dir)
         with run_dir_lock(run_dir):
@@ -143,7 +147,7 @@ def run(checked: validate.Checked, questions: dict[str, list[Question]], argv: l
 
 
 def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv: list[str], run_dir: Path,
-           info: dict, pool: "_Pool") -> None:
+           info: dict, pool: Pool) -> None:
     plan = checked.plan
     manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session())
     sweep = manifest.data["sweeps"][-1]
@@ -167,8 +171,12 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
     writers: dict[Path, RowWriter] = {}
     bar = tqdm(total=sum(len(u.methods) for u in units), desc=f"{plan.workers} workers", file=sys.stderr,
                dynamic_ncols=True)
+    def record_workers() -> None:
+        sweep.update(workers=pool.identities, worker_deaths=pool.deaths)
+        manifest.save()
+
     try:
-        for rows in pool.answers(units, manifest):
+        for _, rows in pool.results(units, record_workers):
             for row in rows:
                 path = answer_file(run_dir, row["suite"], row["method"], row["temperature"])
                 if path not in writers:
@@ -183,23 +191,25 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
         manifest.finish_sweep(status)
 
 
-class _Pool:
-    """The workers: started, each loaded once, fed one unit at a time, replaced when one dies."""
+class Pool:
+    """Ray actors of one class: started, each loaded once (``load()``), fed one unit at a time (``work(unit)``),
+    and replaced when one dies, its unit queued again. Every worker must report the same ``agree`` value."""
 
-    def __init__(self, checked: validate.Checked, questions: dict[str, list[Question]]) -> None:
+    def __init__(self, worker_cls: type, args: tuple, workers: int, device: str, device_map: str | None) -> None:
         self.ray = require_ray()
-        plan = checked.plan
-        self.resources = worker_resources(plan.workers, plan.device, plan.device_map)
-        gpu = "num_gpus" in self.resources
-        actor = self.ray.remote(SweepWorker).options(**self.resources, max_restarts=0)
-        self._new = lambda: actor.remote(checked, questions, None if gpu else self.resources["num_cpus"])
+        self.resources = worker_resources(workers, device, device_map)
+        threads = None if "num_gpus" in self.resources else self.resources["num_cpus"]
+        actor = self.ray.remote(worker_cls).options(**self.resources, max_restarts=0)
+        self._new = lambda: actor.remote(*args, threads)
+        self.workers = workers
         self.actors: list = []
         self.identities: list[dict] = []
-        self.settings: dict | None = None
+        self.deaths = 0
+        self._agreed: object = None
 
-    def start(self, count: int) -> dict:
-        """Start ``count`` workers and wait until each has loaded; they must agree on the settings."""
-        self.actors = [self._new() for _ in range(count)]
+    def start(self) -> dict:
+        """Start the workers and wait until each has loaded; returns the first one's load() report."""
+        self.actors = [self._new() for _ in range(self.workers)]
         try:
             infos = [self._get(ref) for ref in [a.load.remote() for a in self.actors]]
         except self.ray.exceptions.RayActorError as exc:
@@ -209,22 +219,23 @@ class _Pool:
         return infos[0]
 
     def _admit(self, info: dict) -> None:
-        if self.settings is None:
-            self.settings = info["settings"]
-        elif info["settings"] != self.settings:
-            changed = sorted(k for k in self.settings if self.settings[k] != info["settings"].get(k))
+        if self._agreed is None:
+            self._agreed = info["agree"]
+        elif info["agree"] != self._agreed:
+            changed = sorted(k for k in self._agreed if self._agreed[k] != info["agree"].get(k))
             raise UserError(f"Ray workers disagree on {', '.join(changed)} (worker {info['worker']['host']}); "
                             f"give every node the same software, target files and devices")
         self.identities.append(info["worker"])
 
-    def answers(self, units: deque, manifest: Manifest):
-        """Yield each unit's rows as workers finish them; a dead worker's unit is queued again."""
+    def results(self, units: deque, on_change=lambda: None):
+        """Yield (unit, result) as workers finish units; a dead worker's unit is queued again for another.
+        ``on_change`` runs after a worker died or a replacement joined (to record it)."""
         ray = self.ray
         idle, running, attempts = list(self.actors), {}, {}
         while units or any(unit is not None for _, unit in running.values()):
             while units and idle:
                 actor, unit = idle.pop(), units.popleft()
-                running[actor.answer.remote(unit)] = (actor, unit)
+                running[actor.work.remote(unit)] = (actor, unit)
             ready, _ = ray.wait(list(running), num_returns=1)
             actor, unit = running.pop(ready[0])
             try:
@@ -232,27 +243,24 @@ class _Pool:
             except ray.exceptions.RayActorError:
                 self.actors.remove(actor)
                 if unit is None:
-                    raise UserError("a replacement Ray worker died while loading the target; finished questions "
-                                    "are saved: rerun the same command to resume") from None
-                key = (unit.suite, unit.temperature, unit.question.id)
-                attempts[key] = attempts.get(key, 0) + 1
-                if attempts[key] >= UNIT_ATTEMPTS:
-                    raise UserError(f"{unit.suite} question {unit.question.id} (T={unit.temperature:g}) lost its "
-                                    f"worker {UNIT_ATTEMPTS} times; finished questions are saved") from None
+                    raise UserError("a replacement Ray worker died while loading the target; finished work "
+                                    "is saved: rerun the same command to resume") from None
+                attempts[repr(unit)] = attempts.get(repr(unit), 0) + 1
+                if attempts[repr(unit)] >= UNIT_ATTEMPTS:
+                    raise UserError(f"{unit} lost its worker {UNIT_ATTEMPTS} times; finished work is saved") from None
                 units.appendleft(unit)
-                manifest.data["sweeps"][-1]["worker_deaths"] += 1
-                manifest.save()
-                tqdm.write("note: a worker died; its question runs again on another worker", file=sys.stderr)
+                self.deaths += 1
+                on_change()
+                tqdm.write(f"note: a Ray worker died; {unit} runs again on another worker", file=sys.stderr)
                 replacement = self._new()
                 self.actors.append(replacement)
                 running[replacement.load.remote()] = (replacement, None)
                 continue
             if unit is None:   # a replacement finished loading
                 self._admit(result)
-                manifest.data["sweeps"][-1]["workers"] = self.identities
-                manifest.save()
+                on_change()
             else:
-                yield result
+                yield unit, result
             idle.append(actor)
 
     def _get(self, ref):

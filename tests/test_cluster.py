@@ -131,3 +131,35 @@ def test_without_workers_ray_is_never_imported(tiny_dir, shared_data, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_datagen_on_two_workers_writes_the_token_ids_of_one_process(local_ray, tiny_dir, shared_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from harness.train import datagen
+
+    config = dict(target=tiny_dir, sources=("gsm8k",), max_samples=10, max_new_tokens=8, batch_size=2,
+                  shard_size=4, data_dir=shared_data)
+    alone = datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "one"))
+    spread = datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "two"), workers=2)
+    one, two = (json.loads((d / "manifest.json").read_text()) for d in (alone, spread))
+    assert [s["file"] for s in two["shards"]] == [s["file"] for s in one["shards"]] == \
+        [f"shard_{i:05d}.safetensors" for i in range(3)]
+    assert one["target"] == two["target"] and one["settings"] == two["settings"]
+    for shard in one["shards"]:
+        a, b = load_file(str(alone / shard["file"])), load_file(str(spread / shard["file"]))
+        for key in ("input_ids", "loss_mask", "offsets"):
+            assert a[key].equal(b[key]), key
+        assert (a["hidden"].float() - b["hidden"].float()).abs().max() < 2e-2   # bf16 features, other threads
+
+    # A lost shard (deleted, and gone from the manifest) is made again on resume; the rest are kept.
+    kept = (spread / "shard_00000.safetensors").stat().st_mtime_ns
+    (spread / "shard_00001.safetensors").unlink()
+    two["shards"] = [s for s in two["shards"] if s["file"] != "shard_00001.safetensors"]
+    (spread / "manifest.json").write_text(json.dumps(two))
+    datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "two"), workers=2)
+    again = json.loads((spread / "manifest.json").read_text())
+    assert [s["file"] for s in again["shards"]] == [s["file"] for s in one["shards"]]
+    assert (spread / "shard_00000.safetensors").stat().st_mtime_ns == kept
+    assert load_file(str(spread / "shard_00001.safetensors"))["input_ids"].equal(
+        load_file(str(alone / "shard_00001.safetensors"))["input_ids"])
