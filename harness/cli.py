@@ -171,7 +171,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 
     from harness.drafter import METHODS
     from harness.target import Target
-    from harness.train import trainer
+    from harness.train import distributed, trainer
     from harness.train.data import FeatureData
 
     method = METHODS.get(args.method)
@@ -181,9 +181,15 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     config = dataclasses.replace(trainer.PRESETS[preset], **_key_values(args.set, trainer.TrainConfig))
     loss = {key: value for key, value in (_key_value(pair) for pair in args.loss)}
     method.loss_config(**loss)   # unknown loss options fail before anything loads
-    target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto")
+    group = distributed.start()   # under torchrun: one rank of a data-parallel run
+    target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto",
+                         device=group.device if group else "auto")
     data = FeatureData(args.data, max_len=config.max_len)
-    print(f"checkpoint: {trainer.train(method, target, data, args.out, config, loss, init=args.init)}")
+    out = trainer.train(method, target, data, args.out, config, loss, init=args.init)
+    if group is None or group.main:
+        print(f"checkpoint: {out}")
+    if group is not None:
+        torch.distributed.destroy_process_group()
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -72,7 +72,7 @@ class ShardMaker:
             samples += _features(self.model, _generate(self.model, self.tokenizer, chunk, self.stops, config),
                                  len(chunk), chunk)
             progress(len(chunk))
-        tensors = _shard_tensors(samples)
+        tensors = shard_tensors(samples)
         entry = {"file": shard_name(index), "samples": len(samples), "tokens": int(tensors["offsets"][-1]),
                  "answer_tokens": int(sum(int(s[1].sum()) for s in samples)),
                  "seconds": round(time.perf_counter() - start, 2)}
@@ -142,7 +142,7 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     left = sum(min(config.shard_size, prompts - i * config.shard_size) for i in todo)
     bar = tqdm(total=prompts, initial=prompts - left, desc="datagen", unit="sample")
     for tensors, entry in make(todo, bar):
-        _save_shard(out / entry["file"], tensors)
+        save_shard(out / entry["file"], tensors)
         manifest["shards"] = sorted(manifest["shards"] + [entry], key=lambda shard: shard["file"])
         _save_json(manifest_path, manifest)
         if not per_batch:
@@ -199,13 +199,13 @@ def _features(model, answers: list[list[int]], count: int, prompts: list[list[in
     return samples
 
 
-def _shard_tensors(samples: list[tuple]) -> dict:
+def shard_tensors(samples: list[tuple]) -> dict:
     lengths = torch.tensor([0] + [s[0].shape[0] for s in samples])
     return {"input_ids": torch.cat([s[0] for s in samples]), "loss_mask": torch.cat([s[1] for s in samples]),
             "hidden": torch.cat([s[2] for s in samples]), "offsets": lengths.cumsum(0)}
 
 
-def _save_shard(path: Path, tensors: dict) -> None:
+def save_shard(path: Path, tensors: dict) -> None:
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)
