@@ -68,9 +68,13 @@ def worker_resources(workers: int, device: str, device_map: str | None) -> dict:
     if gpus and device in ("auto", "cuda") or device.startswith("cuda"):
         if not gpus:
             raise UserError(f"--device {device}: the Ray cluster has no GPU")
-        per_worker = max(1, gpus // workers) if device_map else 1
-        return {"num_gpus": per_worker, "num_cpus": 1}
-    return {"num_cpus": max(1, int(total.get("CPU", 1)) // workers)}
+        if workers > gpus:
+            raise UserError(f"--workers {workers}: the Ray cluster has {gpus} GPU(s), one per worker")
+        return {"num_gpus": gpus // workers if device_map else 1, "num_cpus": 1}
+    cpus = int(total.get("CPU", 1))
+    if workers > cpus:
+        raise UserError(f"--workers {workers}: the Ray cluster has {cpus} CPU(s), at least one per worker")
+    return {"num_cpus": cpus // workers}
 
 
 class SweepWorker:
@@ -152,6 +156,7 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
     manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session())
     sweep = manifest.data["sweeps"][-1]
     sweep.update(target_check=info["target_check"], workers=pool.identities, worker_deaths=0)
+    manifest.save()
     units, done = deque(), {}
     for suite_name, suite in checked.suites.items():
         scored = runner.scoring(plan, suite)
