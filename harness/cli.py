@@ -86,6 +86,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="harness: this harness's decoding loop (batch 1); vllm: serve the prompts with vLLM "
                         "(the engines venv, make engines) at each --concurrency")
     p.add_argument("--concurrency", type=_csv, default=("1",), help="--stack vllm: concurrent clients, e.g. 1,2,4")
+    p.add_argument("--device-map", choices=("auto", "balanced"), default=None,
+                   help="spread the target's layers over the visible GPUs (accelerate)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run questions on N Ray workers, one device each (needs pip install -e '.[cluster]')")
+    p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
@@ -96,13 +101,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         return _serve(args, argv)
     if args.batch_size != 1:
         raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
+    if args.cluster and not args.workers:
+        raise UserError("--cluster needs --workers N (how many workers to run on it)")
     plan = runner.Plan(
         methods=args.methods, suites=args.suites, temperatures=args.temperature, target=args.target,
         max_new_tokens=args.max_new_tokens, limit=args.limit, per_task=args.per_task, categories=args.categories,
         seed=args.seed, top_p=args.top_p, top_k=args.top_k, out=args.out, data_dir=args.data_dir,
         options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
         warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,
-        compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec)
+        compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec,
+        device_map=args.device_map, workers=args.workers, cluster=args.cluster)
     try:
         run_dir = runner.run(plan, argv)
     except torch.OutOfMemoryError as exc:
@@ -150,6 +158,9 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="make shards on N Ray workers, one device each (needs pip install -e '.[cluster]')")
+    p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
 
 
 def _datagen(args: argparse.Namespace, argv: list[str]) -> None:
@@ -159,7 +170,14 @@ def _datagen(args: argparse.Namespace, argv: list[str]) -> None:
         target=args.target, out=args.out, sources=args.prompts, max_samples=args.max_samples,
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         temperature=args.temperature, seed=args.seed, data_dir=args.data_dir)
-    print(f"data: {datagen.run(config)}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be a positive number of Ray workers")
+    if args.cluster and not args.workers:
+        raise UserError("--cluster needs --workers N (how many workers to run on it)")
+    if args.workers:
+        from harness.cluster import require_ray
+        require_ray()
+    print(f"data: {datagen.run(config, workers=args.workers, cluster=args.cluster)}")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +197,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
 
     from harness.drafter import METHODS
     from harness.target import Target
-    from harness.train import trainer
+    from harness.train import distributed, trainer
     from harness.train.data import FeatureData
 
     method = METHODS.get(args.method)
@@ -189,9 +207,15 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     config = dataclasses.replace(trainer.PRESETS[preset], **_key_values(args.set, trainer.TrainConfig))
     loss = {key: value for key, value in (_key_value(pair) for pair in args.loss)}
     method.loss_config(**loss)   # unknown loss options fail before anything loads
-    target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto")
+    group = distributed.start()   # under torchrun: one rank of a data-parallel run
+    target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto",
+                         device=group.device if group else "auto")
     data = FeatureData(args.data, max_len=config.max_len)
-    print(f"checkpoint: {trainer.train(method, target, data, args.out, config, loss, init=args.init)}")
+    out = trainer.train(method, target, data, args.out, config, loss, init=args.init)
+    if group is None or group.main:
+        print(f"checkpoint: {out}")
+    if group is not None:
+        torch.distributed.destroy_process_group()
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

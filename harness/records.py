@@ -238,7 +238,7 @@ def make_skipped_row(*, question_id: Any, category: str, task: str, model_id: st
 
 # Settings added after runs were first recorded, with the value those runs used: a run directory
 # made before a setting existed resumes (and hashes) as if it had been recorded at that value.
-LATER_SETTINGS = {"compile": "off", "compile_bucket": 256}
+LATER_SETTINGS = {"compile": "off", "compile_bucket": 256, "device_map": None}
 
 
 def comparable_settings(settings: dict) -> dict:

@@ -7,7 +7,8 @@ Within each (suite, temperature) vanilla runs first, so every speedup has a base
 run on the same stack. A question already in a cell's answer file is skipped, so rerunning a
 command resumes it. One run at a time holds a run directory; every row names the sweep (session)
 that timed it. A question that cannot run (a prompt longer than the context) becomes a row that
-says why, and the sweep goes on.
+says why, and the sweep goes on. Every row names the host, process and device that timed it.
+With ``workers`` the questions run on Ray workers (harness/cluster.py) and this process writes their rows.
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ class Plan:
     compile_bucket: int = 256      # attention window granularity of fixed-shape forwards
     allow_code_exec: bool = False
     results_root: Path = Path("results")
+    device_map: str | None = None   # accelerate's auto | balanced: one target across the visible GPUs
+    workers: int | None = None      # Ray workers (harness/cluster.py); None runs in this process
+    cluster: str | None = None      # address of a running Ray cluster (default: start one on this machine)
 
     def settings(self, target: Target) -> dict:
         """What every row of a run directory shares; a resumed run must repeat it exactly."""
@@ -67,19 +71,22 @@ class Plan:
                 "seed": self.seed, "top_p": self.top_p, "top_k": self.top_k, "warmup": self.warmup,
                 "warmup_max_new_tokens": min(self.max_new_tokens, WARMUP_MAX_NEW_TOKENS),
                 "options": self.options, "checkpoints": self.checkpoints, "batch_size": 1,
-                "compile": self.compile, "compile_bucket": self.compile_bucket}
+                "compile": self.compile, "compile_bucket": self.compile_bucket, "device_map": self.device_map}
 
 
 def run(plan: Plan, argv: list[str]) -> Path:
+    if plan.workers:
+        from harness import cluster   # imports Ray, which nothing else needs
+        cluster.require_ray()         # one line saying how to install it, before anything loads
     checked = validate.before_load(plan)
     plan, suites = checked.plan, checked.suites
     questions = {name: _first(found, plan.limit, plan.per_task) for name, found in checked.questions.items()}
-    target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len)
-    target.compile_tree_forward(plan.compile, plan.compile_bucket)
+    if plan.workers:
+        return cluster.run(checked, questions, argv)
+    target = load_target(plan)
     check = selfcheck.require(target, plan.seed)   # before anything is measured or written
     settings = plan.settings(target)
-    digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True).encode()).hexdigest()[:8]
-    run_dir = plan.out or plan.results_root / f"{_slug(target.model_id)}-{digest}"
+    run_dir = run_dir_for(plan, settings)
     # One drafter per method for the whole sweep, all built (checkpoints read) before anything is
     # written: start() resets each per sequence, and compiled steps (--compile) are built once.
     drafters = validate.after_load(checked, target, run_dir)
@@ -88,11 +95,27 @@ def run(plan: Plan, argv: list[str]) -> Path:
     return run_dir
 
 
+def load_target(plan: Plan) -> Target:
+    """The plan's target, its tree forwards compiled as asked."""
+    target = Target.load(plan.target, dtype=plan.dtype, device=plan.device, max_len=plan.max_len,
+                         device_map=plan.device_map)
+    target.compile_tree_forward(plan.compile, plan.compile_bucket)
+    return target
+
+
+def run_dir_for(plan: Plan, settings: dict) -> Path:
+    """--out, else results/<target>-<hash of the settings>."""
+    digest = hashlib.sha256(json.dumps(comparable_settings(settings), sort_keys=True).encode()).hexdigest()[:8]
+    return plan.out or plan.results_root / f"{_slug(settings['target'])}-{digest}"
+
+
 def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, drafters: dict[str, Drafter],
            suites: dict[str, Suite], questions: dict[str, list[Question]], target_check: dict) -> None:
     session = new_session()
     manifest = Manifest.open(run_dir, settings, env.capture(), argv, session)
     manifest.data["sweeps"][-1]["target_check"] = target_check
+    worker = {**env.worker(target.device), "session": session}
+    manifest.data["sweeps"][-1]["workers"] = [worker]
     torch.manual_seed(plan.seed)
     status = "interrupted"
     try:
@@ -101,49 +124,69 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
                 for method, drafter in drafters.items():   # vanilla first
                     path = answer_file(run_dir, suite_name, method, temperature)
-                    manifest.add_cell({"suite": suite_name, "method": method, "temperature": temperature,
-                                       "file": str(path.relative_to(run_dir)), "options": drafter.settings(),
-                                       "checkpoint": drafter.checkpoint, "lossless": drafter.lossless})
-                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, session)
+                    manifest.add_cell(cell_entry(run_dir, suite_name, temperature, method, drafter.settings(),
+                                                 drafter.checkpoint, drafter.lossless))
+                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, worker)
         status = "complete"
     finally:
         manifest.finish_sweep(status)
 
 
+def cell_entry(run_dir: Path, suite: str, temperature: float, method: str, options: dict, checkpoint: str | None,
+               lossless: bool) -> dict:
+    """A cell's line in the manifest."""
+    path = answer_file(run_dir, suite, method, temperature)
+    return {"suite": suite, "method": method, "temperature": temperature, "file": str(path.relative_to(run_dir)),
+            "options": options, "checkpoint": checkpoint, "lossless": lossless}
+
+
+def scoring(plan: Plan, suite: Suite) -> bool:
+    """Whether a suite's answers are scored here; says so once when they are not."""
+    if suite.unsafe and not plan.allow_code_exec:
+        print(f"note: {suite.name} answers are not scored: scoring executes model output; "
+              f"pass --allow-code-exec to run it in the sandbox", file=sys.stderr)
+        return False
+    return True
+
+
 def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], drafter: Drafter,
-              sampling: SamplingParams, path: Path, session: str) -> None:
+              sampling: SamplingParams, path: Path, worker: dict) -> None:
     done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
     todo = [q for q in questions if q.id not in done]
     if not todo:
         return
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
     verifier = drafter.verifier()
-    warm_text = _fitting_first_turn(target, questions)
-    for _ in range(plan.warmup if warm_text is not None else 0):
-        _warm_up(plan, target, drafter, verifier, warm_text, stops, sampling)
-    scoring = not suite.unsafe or plan.allow_code_exec
-    if not scoring:
-        print(f"note: {suite.name} answers are not scored: scoring executes model output; "
-              f"pass --allow-code-exec to run it in the sandbox", file=sys.stderr)
+    warm_up(plan, target, drafter, verifier, questions, stops, sampling)
+    scored = scoring(plan, suite)
     label = f"{suite.name} {drafter.name} T={sampling.temperature:g}"
     with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
                                           file=sys.stderr, dynamic_ncols=True) as bar:
         for question in todo:
-            common = dict(question_id=int(question.id) if question.id.isdigit() else question.id,
-                          category=question.category, task=question.group,
-                          model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
-                          method=drafter.name, suite=suite.name, temperature=sampling.temperature, session=session,
-                          question_hash=question.text_hash)
-            try:
-                texts, gens, walls = _answer(plan, target, drafter, verifier, suite.name, question, stops, sampling)
-            except PromptTooLong as exc:
-                tqdm.write(f"note: {suite.name} question {question.id} skipped: {exc}", file=sys.stderr)
-                writer.write(make_skipped_row(**common, reason=str(exc)))
-            else:
-                scores = suite.score(question, texts) if scoring else {}
-                writer.write(make_row(**common, turns=texts, generations=gens, wall_times=walls, scores=scores,
-                                      lossless=drafter.lossless))
+            writer.write(answer_row(plan, target, suite, question, drafter, verifier, stops, sampling, scored, worker))
             bar.update(1)
+
+
+def answer_row(plan: Plan, target: Target, suite: Suite, question: Question, drafter: Drafter, verifier: Verifier,
+               stops: frozenset[int], sampling: SamplingParams, scored: bool, worker: dict) -> dict:
+    """One question's row: its answers timed turn by turn, or the reason it could not run. ``worker`` names
+    the host, process, device and timing session."""
+    common = dict(question_id=int(question.id) if question.id.isdigit() else question.id,
+                  category=question.category, task=question.group,
+                  model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
+                  method=drafter.name, suite=suite.name, temperature=sampling.temperature,
+                  session=worker["session"], question_hash=question.text_hash)
+    try:
+        texts, gens, walls = _answer(plan, target, drafter, verifier, suite.name, question, stops, sampling)
+    except PromptTooLong as exc:
+        tqdm.write(f"note: {suite.name} question {question.id} skipped: {exc}", file=sys.stderr)
+        row = make_skipped_row(**common, reason=str(exc))
+    else:
+        scores = suite.score(question, texts) if scored else {}
+        row = make_row(**common, turns=texts, generations=gens, wall_times=walls, scores=scores,
+                       lossless=drafter.lossless)
+    row["worker"] = {key: value for key, value in worker.items() if key != "session"}
+    return row
 
 
 def _answer(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, suite: str, question: Question,
@@ -174,6 +217,14 @@ def _fitting_first_turn(target: Target, questions: list[Question]) -> str | None
         if len(chat.render(target.tokenizer, [{"role": "user", "content": question.turns[0]}])) < target.max_len:
             return question.turns[0]
     return None
+
+
+def warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, questions: list[Question],
+            stops: frozenset[int], sampling: SamplingParams) -> None:
+    """plan.warmup untimed generations before a cell, on the first question that fits the context."""
+    text = _fitting_first_turn(target, questions)
+    for _ in range(plan.warmup if text is not None else 0):
+        _warm_up(plan, target, drafter, verifier, text, stops, sampling)
 
 
 def _warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, text: str, stops: frozenset[int],

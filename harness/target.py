@@ -8,6 +8,8 @@ drafters learn from: the final hidden states after the final norm (the input of 
 any intermediate layers asked for with ``tap_layers``. It knows nothing about drafters or suites.
 ``compile_tree_forward`` switches tree scoring to padded fixed shapes (harness/static_shapes.py) and
 optionally torch.compile; with ``mode="reduce-overhead"`` on a GPU that records CUDA graphs.
+A target loaded with a device map (layers spread over GPUs by accelerate) gets one KV buffer per layer on
+that layer's device, and hands its outputs back on its home device (the embedding's), where drafters live.
 """
 from __future__ import annotations
 
@@ -56,7 +58,9 @@ class Target:
             getattr(config, "logits_scaling", None) or 1.0)
         self.softcap = getattr(config, "final_logit_softcapping", None)
         self.layout = AttentionLayout.of(config)   # refuses families the tree verifier cannot serve
-        self.cache = SlotCache(config.num_hidden_layers, self.max_len)
+        # A device-mapped model keeps each layer's KV on that layer's device: no joint buffer on one device.
+        self.device_mapped = bool(getattr(model, "hf_device_map", None))
+        self.cache = SlotCache(config.num_hidden_layers, self.max_len, joint=not self.device_mapped)
         self._cache_keyword = cache_keyword(self.decoder.forward)
         self.length = 0   # committed tokens in the cache
         self.compile_mode = "off"
@@ -65,14 +69,17 @@ class Target:
 
     @classmethod
     def load(cls, spec: str | None = None, *, dtype: str = "auto", device: str = "auto",
-             max_len: int | None = None, tap_layers: tuple[int, ...] = ()) -> "Target":
+             max_len: int | None = None, tap_layers: tuple[int, ...] = (),
+             device_map: str | dict | None = None) -> "Target":
+        """``device_map``: accelerate's "auto" or "balanced" over the visible GPUs, or an explicit
+        {module name: device}; without it the whole model moves to ``device``."""
         device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise UserError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
-        loaded = loading.load(spec or loading.default_spec(), torch_dtype, device)
+        loaded = loading.load(spec or loading.default_spec(), torch_dtype, device, device_map)
         return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id, source=loaded.source,
                    max_len=max_len, tap_layers=tap_layers)
 
@@ -199,13 +206,13 @@ class Target:
         want_taps = bool(self.tap_layers)
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask,
                            use_cache=True, output_hidden_states=want_taps, **{self._cache_keyword: self.cache})
-        hidden = out.last_hidden_state[0]
-        logits = self.lm_head(hidden[logits_from:]).float()
+        hidden = out.last_hidden_state[0].to(self.device)   # no-op unless the last layer sits elsewhere
+        logits = self.lm_head(hidden[logits_from:]).float().to(self.device)
         if self.logit_scale != 1.0:
             logits = logits * self.logit_scale
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        taps = tuple(out.hidden_states[i + 1][0] for i in self.tap_layers) if want_taps else ()
+        taps = tuple(out.hidden_states[i + 1][0].to(self.device) for i in self.tap_layers) if want_taps else ()
         return TargetOut(logits=logits, hidden=hidden, taps=taps)
 
 

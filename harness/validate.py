@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from harness.runner import Plan
 
 RANDOM_CHECKPOINT = "random"   # builds an untrained draft (tests, smoke runs)
+DEVICE_MAPS = ("auto", "balanced")   # accelerate's placements of a target across the visible GPUs
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,12 @@ class Checked:
 def before_load(plan: "Plan") -> Checked:
     """All that needs no model: run it before the target loads."""
     _check_numbers(plan)
-    _check_device(plan.device)
+    if not plan.workers:    # Ray workers check the device they get (the driver may have no GPU)
+        check_device(plan.device)
+    if plan.device_map is not None and plan.device_map not in DEVICE_MAPS:
+        raise UserError(f"--device-map {plan.device_map!r}: use {' or '.join(DEVICE_MAPS)}")
+    if plan.device_map is not None and plan.device not in ("auto", "cuda"):
+        raise UserError(f"--device-map places the target itself: leave --device at auto, not {plan.device}")
     methods = ["vanilla"] + [m for m in dict.fromkeys(METHODS.get(m).name for m in plan.methods) if m != "vanilla"]
     options = _options_by_method(plan.options, methods)
     checkpoints = _checkpoints_by_method(plan.checkpoints, methods)
@@ -66,14 +72,29 @@ def before_load(plan: "Plan") -> Checked:
 
 def after_load(checked: Checked, target: Target, run_dir: Path) -> dict[str, Drafter]:
     """What needs the loaded target; returns every method's drafter, built and ready."""
-    plan = checked.plan
+    check_context(checked.plan, target)
+    check_run_dir(checked, run_dir)
+    return build_drafters(checked, target)
+
+
+def check_context(plan: "Plan", target: Target) -> None:
+    """--max-len against the model's context."""
     context = getattr(target.config, "max_position_embeddings", None)
     if plan.max_len is not None and context and plan.max_len > context:
         raise UserError(f"--max-len {plan.max_len} is above the context of {target.model_id} ({context} tokens, "
                         f"max_position_embeddings in its config.json): pass at most {context}, or leave it out")
+
+
+def check_run_dir(checked: Checked, run_dir: Path) -> None:
+    """The run folder, and the answers it already holds against today's question texts."""
     check_out(run_dir)
     for name, questions in checked.questions.items():
         check_recorded_texts(run_dir, name, questions)
+
+
+def build_drafters(checked: Checked, target: Target) -> dict[str, Drafter]:
+    """Every method's drafter on this target, vanilla first (a Ray worker builds its own)."""
+    plan = checked.plan
     return {method: build_drafter(method, target, plan.checkpoints.get(method), plan.options.get(method, {}))
             for method in checked.methods}
 
@@ -93,11 +114,13 @@ def _check_numbers(plan: "Plan") -> None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be a positive number")
+    if plan.workers is not None and plan.workers < 1:
+        raise UserError(f"--workers {plan.workers}: must be a positive number of Ray workers")
     for temperature in plan.temperatures:   # the runner's own type agrees
         SamplingParams(temperature, plan.top_p, plan.top_k)
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     if device == "auto":
         return
     try:

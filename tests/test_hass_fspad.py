@@ -13,7 +13,7 @@ from harness.errors import UserError
 from harness.sampling import SamplingParams
 from harness.train import trainer
 from harness.train.data import Batch, FeatureData
-from harness.train.datagen import _write_shard
+from harness.train.datagen import save_shard, shard_tensors
 from harness.verify import Verifier
 from methods._eagle_train import aligned_mask, aligned_passes
 from methods.eagle2 import causal_mask
@@ -167,7 +167,7 @@ def feature_data(target, folder, samples: int = 12, length: int = 24) -> Feature
             hidden = target.model.model(ids[None]).last_hidden_state[0]
             rows.append((ids, torch.arange(length) >= 4, hidden))
     folder.mkdir()
-    _write_shard(folder / "shard_00000.safetensors", rows)
+    save_shard(folder / "shard_00000.safetensors", shard_tensors(rows))
     manifest = {"target": target.fingerprint(), "settings": {}, "shards": [{"file": "shard_00000.safetensors"}]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return FeatureData(folder)

@@ -11,7 +11,7 @@ from harness.errors import UserError
 from harness.sampling import SamplingParams
 from harness.train import trainer
 from harness.train.data import FeatureData
-from harness.train.datagen import _write_shard
+from harness.train.datagen import save_shard, shard_tensors
 from harness.tree import DraftTree
 from methods._medusa_trees import build_buffers, choices_from_accuracies, default_top1, rank_accuracies
 from methods.medusa import Medusa, TypicalVerifier
@@ -170,7 +170,8 @@ def tiny_data(target, where, samples: int = 12, answer: int = 30):
         hidden = target.model.get_decoder()(input_ids=ids).last_hidden_state
     mask = torch.tensor([0] * prompts.shape[1] + [1] * answer, dtype=torch.uint8)
     where.mkdir()
-    _write_shard(where / "shard_00000.safetensors", [(row.int(), mask, h.to(torch.bfloat16)) for row, h in zip(ids, hidden)])
+    save_shard(where / "shard_00000.safetensors",
+               shard_tensors([(row.int(), mask, h.to(torch.bfloat16)) for row, h in zip(ids, hidden)]))
     (where / "manifest.json").write_text(json.dumps({"target": target.fingerprint(), "settings": {},
                                                      "shards": [{"file": "shard_00000.safetensors"}]}))
     return FeatureData(where)

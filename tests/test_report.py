@@ -224,3 +224,25 @@ def test_headless_screenshot_of_the_report(tiny_report, tmp_path):
     pixels = np.asarray(image.resize((140, 400))).reshape(-1, 3)
     assert len(np.unique(pixels, axis=0)) > 50                 # text, tables and plots, not a blank page
     assert shot.stat().st_size > 50_000
+
+
+def on(device_type, rows):
+    return [{**row, "worker": {"host": "h", "pid": 1, "device": "x", "device_type": device_type}} for row in rows]
+
+
+def test_speedups_pair_and_pool_only_within_one_device_type(tmp_path):
+    # Same device type for both questions: the hand-built speedup stands.
+    same = metrics.summarize(metrics.load_frame(write_run(tmp_path / "same", on("gpu A", VANILLA + PLD))
+                                                .glob("answers/*/*.jsonl")))
+    assert same.set_index("method").loc["pld", "speedup"] == pytest.approx(20 / 7.5)
+    # q1 on A for both, q2's pld on B but its vanilla on A: q2 does not pair, q1 alone gives the speedup.
+    mixed_pair = on("gpu A", VANILLA + PLD[:1]) + on("gpu B", PLD[1:])
+    summary = metrics.summarize(metrics.load_frame(write_run(tmp_path / "pair", mixed_pair).glob("answers/*/*.jsonl")))
+    assert summary.set_index("method").loc["pld", "speedup"] == pytest.approx((10 / 0.5) / (10 / 1.0))
+    # Each question paired on its own device type, but two types in the cell: no pooled speedup, a note says so.
+    two_types = on("gpu A", VANILLA[:1] + PLD[:1]) + on("gpu B", VANILLA[1:] + PLD[1:])
+    run_dir = write_run(tmp_path / "two", two_types)
+    summary = metrics.summarize(metrics.load_frame(run_dir.glob("answers/*/*.jsonl")))
+    assert np.isnan(summary.set_index("method").loc["pld", "speedup"])
+    report = (build([run_dir], out=tmp_path / "report") / "report.md").read_text()
+    assert "several device types (gpu A; gpu B)" in report and "not pooled" in report

@@ -88,6 +88,13 @@ def _crossed_notes(cells: pd.DataFrame) -> list[str]:
             for c in cells.itertuples() if c.cross_session]
 
 
+def _device_notes(cells: pd.DataFrame) -> list[str]:
+    """Cells whose rows were timed on more than one device type: no speedup pools ratios across hardware."""
+    return [f"- {c.run}: {c.suite} {c.method} T={c.temperature:g}: paired rows were timed on several device "
+            f"types ({c.device_types}); the speedup is not pooled across them (left blank): rerun the cell on "
+            f"one device type" for c in cells.itertuples() if ";" in c.device_types]
+
+
 def build(results: list[Path], out: Path | None = None, paper: str | None = None, compare: bool = False) -> Path:
     """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* with --paper); return the folder."""
     served = serving.find(results)
@@ -106,7 +113,7 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
     if not frame.empty:
         cells, task_cells = stats.cell_stats(frame), stats.cell_stats(frame, by_task=True)
         failures = stats.lossless_failures(cells)
-        notes += _crossed_notes(cells)
+        notes += _crossed_notes(cells) + _device_notes(cells)
         lat, qual = stats.latency(frame), stats.quality(frame)
         hist, depth = stats.acceptance(frame)
         figures = _figures(Plotter(out_dir), runs, cells, task_cells, lat, hist, depth)

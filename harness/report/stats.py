@@ -3,7 +3,8 @@
 Each function returns a numeric (long) DataFrame; tables.py formats them and plots.py draws them.
 A speedup always uses the vanilla rows of the same run, suite, temperature (and task) on the questions
 both answered, never a baseline from another run. A missing baseline leaves NaN, shown as a gap.
-Pairs whose two rows were timed by different sweeps are counted (``cross_session``) for the notes.
+Pairs whose two rows were timed by different sweeps are counted (``cross_session``) for the notes, and
+the device types of the paired rows listed: a speedup over several is refused (harness/metrics.py).
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def cell_stats(frame: pd.DataFrame, by_task: bool = False) -> pd.DataFrame:
             speedup=metrics.speedup_ratio_of_means(mine, theirs), speedup_lo=sp_lo, speedup_hi=sp_hi,
             speedup_total=metrics.speedup_total_time(mine, theirs),
             same_text=same if entry["temperature"] == 0 and compared else None, compared=compared,
-            cross_session=metrics.cross_session_pairs(mine, theirs))
+            cross_session=metrics.cross_session_pairs(mine, theirs),
+            device_types="; ".join(metrics.device_types(mine)))
         out.append(entry)
     return pd.DataFrame(out)
 

@@ -60,12 +60,19 @@ class FeatureData:
 
     def batches(self, indices: list[int], batch_size: int, rng: random.Random | None, device) -> Iterator[Batch]:
         """Batches of similar lengths (less padding); shuffled when rng is given."""
+        for group in self.groups(indices, batch_size, rng):
+            yield self.collate(group, device)
+
+    def groups(self, indices: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+        """The sample indices of each batch: sorted by length, cut into batches, shuffled when rng is given."""
         order = sorted(indices, key=lambda i: self.samples[i][0].shape[0])
         groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         if rng is not None:
             rng.shuffle(groups)
-        for group in groups:
-            yield self._collate([self.samples[i] for i in group], device)
+        return groups
+
+    def collate(self, indices: list[int], device) -> Batch:
+        return self._collate([self.samples[i] for i in indices], device)
 
     @staticmethod
     def _collate(samples: list[tuple[Tensor, Tensor, Tensor]], device) -> Batch:

@@ -4,13 +4,16 @@
 generates the answer in batches (greedy by default: the drafter learns the target's own text), then
 runs one forward over prompt + answer to record the final-norm features f_t (REFERENCE §1.3.2).
 Shards are safetensors files of ``shard_size`` samples written atomically, so an interrupted run
-resumes at the first missing shard; ``manifest.json`` records the target fingerprint, the prompt
-sources and filtering, every setting, and per-shard counts and times.
+resumes at the missing shards; ``manifest.json`` records the target fingerprint, the prompt
+sources and filtering, every setting, and per-shard counts and times. With ``workers`` (Ray,
+harness/cluster.py) the shards are made on Ray workers and written here; a shard depends only on its
+index (its prompts, batches and sampling seed), so the data is the same token for token.
 """
 from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from harness import chat, loading
+from harness import chat, env, loading
 from harness.errors import UserError
 from harness.train.prompts import training_prompts
 
@@ -40,44 +43,112 @@ class DatagenConfig:
     device: str = "auto"
 
 
-def run(config: DatagenConfig) -> Path:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-    dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(config.dtype) \
-        or getattr(torch, config.dtype)
-    prompts, prompt_stats = training_prompts(list(config.sources), config.data_dir, config.seed)
-    loaded = loading.load(config.target or loading.default_spec(), dtype, device)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    fingerprint = {"model_id": loaded.model_id, "vocab_size": model.get_output_embeddings().weight.shape[0],
-                   "hidden_size": model.config.hidden_size, "model_type": model.config.model_type}
+class ShardMaker:
+    """The target and the encoded prompts; makes any shard from its index alone."""
+
+    def __init__(self, config: DatagenConfig) -> None:
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(config.dtype) \
+            or getattr(torch, config.dtype)
+        self.config = config
+        prompts, self.prompt_stats = training_prompts(list(config.sources), config.data_dir, config.seed)
+        loaded = loading.load(config.target or loading.default_spec(), dtype, device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.fingerprint = {"model_id": loaded.model_id,
+                            "vocab_size": self.model.get_output_embeddings().weight.shape[0],
+                            "hidden_size": self.model.config.hidden_size, "model_type": self.model.config.model_type}
+        self.encoded = _encode_prompts(self.tokenizer, prompts, config)[:config.max_samples]
+        self.stops = sorted(chat.stop_ids(self.tokenizer, getattr(self.model, "generation_config", None)))
+
+    def make(self, index: int, progress=lambda n: None) -> tuple[dict, dict]:
+        """(tensors, manifest entry) of shard ``index``; ``progress`` hears of each finished batch."""
+        config = self.config
+        start = time.perf_counter()
+        torch.manual_seed(config.seed * 1_000_003 + index)   # sampled answers depend on the shard alone
+        prompts = self.encoded[index * config.shard_size:(index + 1) * config.shard_size]
+        samples = []
+        for i in range(0, len(prompts), config.batch_size):
+            chunk = prompts[i:i + config.batch_size]
+            samples += _features(self.model, _generate(self.model, self.tokenizer, chunk, self.stops, config),
+                                 len(chunk), chunk)
+            progress(len(chunk))
+        tensors = shard_tensors(samples)
+        entry = {"file": shard_name(index), "samples": len(samples), "tokens": int(tensors["offsets"][-1]),
+                 "answer_tokens": int(sum(int(s[1].sum()) for s in samples)),
+                 "seconds": round(time.perf_counter() - start, 2)}
+        return tensors, entry
+
+
+class ShardWorker:
+    """A Ray actor around a ShardMaker (harness/cluster.py Pool)."""
+
+    def __init__(self, config: DatagenConfig, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.config = config
+
+    def load(self) -> dict:
+        self.maker = ShardMaker(self.config)
+        agree = {"target": self.maker.fingerprint, "prompts": len(self.maker.encoded)}
+        return {"agree": agree, "worker": env.worker(self.maker.model.device), "prompt_stats": self.maker.prompt_stats,
+                "template": chat.template_name(self.maker.tokenizer)}
+
+    def work(self, index: int) -> tuple[dict, dict]:
+        return self.maker.make(index)
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def run(config: DatagenConfig, workers: int | None = None, cluster: str | None = None) -> Path:
+    """Make the missing shards of ``config.out``, here or on ``workers`` Ray workers (at ``cluster``)."""
+    if workers:
+        from harness import cluster as ray_cluster   # imports Ray, which nothing else needs
+        started = ray_cluster.connect(cluster)
+        pool = ray_cluster.Pool(ShardWorker, (config,), workers, config.device, None)
+        try:
+            info = pool.start()
+            return _write(config, info["agree"]["target"], info["prompt_stats"], info["template"],
+                          info["agree"]["prompts"], lambda todo, bar: (r for _, r in pool.results(deque(todo))),
+                          per_batch=False)
+        finally:
+            pool.stop()
+            if started:
+                ray_cluster.require_ray().shutdown()
+    maker = ShardMaker(config)
+    return _write(config, maker.fingerprint, maker.prompt_stats, chat.template_name(maker.tokenizer),
+                  len(maker.encoded), lambda todo, bar: (maker.make(index, bar.update) for index in todo),
+                  per_batch=True)
+
+
+def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, template: str, prompts: int,
+           make, per_batch: bool) -> Path:
+    """The one writer: checks the folder, then writes each shard made by ``make(todo, bar)`` atomically and
+    records it in the manifest (kept in shard order). ``per_batch``: ``make`` moves the bar itself."""
     out = Path(config.out)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "out"}
+    # As the manifest stores them (tuples become lists), so a resumed run compares like with like.
+    settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v)
+                                      for k, v in asdict(config).items() if k != "out"}))
     if manifest and (manifest["target"] != fingerprint or manifest["settings"] != settings):
         raise UserError(f"{out} holds data made with another target or settings; choose another --out")
     manifest = manifest or {"target": fingerprint, "settings": settings, "prompt_stats": prompt_stats,
-                            "template": chat.template_name(tokenizer), "shards": []}
+                            "template": template, "shards": []}
     out.mkdir(parents=True, exist_ok=True)
-    encoded = _encode_prompts(tokenizer, prompts, config)
-    stops = sorted(chat.stop_ids(tokenizer, getattr(model, "generation_config", None)))
-    done = len(manifest["shards"]) * config.shard_size
-    bar = tqdm(total=min(len(encoded), config.max_samples), initial=done, desc="datagen", unit="sample")
-    for first in range(done, min(len(encoded), config.max_samples), config.shard_size):
-        start = time.perf_counter()
-        batch_prompts = encoded[first:min(first + config.shard_size, config.max_samples)]
-        samples = []
-        for i in range(0, len(batch_prompts), config.batch_size):
-            chunk = batch_prompts[i:i + config.batch_size]
-            samples += _features(model, _generate(model, tokenizer, chunk, stops, config), len(chunk), chunk)
-            bar.update(len(chunk))
-        name = f"shard_{len(manifest['shards']):05d}.safetensors"
-        tokens = _write_shard(out / name, samples)
-        manifest["shards"].append({"file": name, "samples": len(samples), "tokens": tokens,
-                                   "answer_tokens": int(sum(int(s[1].sum()) for s in samples)),
-                                   "seconds": round(time.perf_counter() - start, 2)})
+    done = {shard["file"] for shard in manifest["shards"]}
+    todo = [index for index in range(-(-prompts // config.shard_size)) if shard_name(index) not in done]
+    left = sum(min(config.shard_size, prompts - i * config.shard_size) for i in todo)
+    bar = tqdm(total=prompts, initial=prompts - left, desc="datagen", unit="sample")
+    for tensors, entry in make(todo, bar):
+        save_shard(out / entry["file"], tensors)
+        manifest["shards"] = sorted(manifest["shards"] + [entry], key=lambda shard: shard["file"])
         _save_json(manifest_path, manifest)
+        if not per_batch:
+            bar.update(entry["samples"])
         total_mb = sum((out / s["file"]).stat().st_size for s in manifest["shards"]) / 2**20
-        bar.write(f"{name}: {len(samples)} samples, {tokens} tokens, {manifest['shards'][-1]['seconds']} s; "
+        bar.write(f"{entry['file']}: {entry['samples']} samples, {entry['tokens']} tokens, {entry['seconds']} s; "
                   f"{total_mb:.1f} MiB so far")
     bar.close()
     if not manifest["shards"]:
@@ -128,14 +199,16 @@ def _features(model, answers: list[list[int]], count: int, prompts: list[list[in
     return samples
 
 
-def _write_shard(path: Path, samples: list[tuple]) -> int:
+def shard_tensors(samples: list[tuple]) -> dict:
     lengths = torch.tensor([0] + [s[0].shape[0] for s in samples])
-    tensors = {"input_ids": torch.cat([s[0] for s in samples]), "loss_mask": torch.cat([s[1] for s in samples]),
-               "hidden": torch.cat([s[2] for s in samples]), "offsets": lengths.cumsum(0)}
+    return {"input_ids": torch.cat([s[0] for s in samples]), "loss_mask": torch.cat([s[1] for s in samples]),
+            "hidden": torch.cat([s[2] for s in samples]), "offsets": lengths.cumsum(0)}
+
+
+def save_shard(path: Path, tensors: dict) -> None:
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(path)
-    return int(lengths.sum())
 
 
 def _save_json(path: Path, data: dict) -> None:

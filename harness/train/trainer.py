@@ -5,6 +5,8 @@ warm-up and linear decay, gradient clipping by value (EAGLE), bf16 autocast on C
 fixed seeds, a held-out split evaluated every epoch (top-1 agreement with the target per depth), a
 checkpoint per epoch, resume from the last finished epoch, CSV loss logs (TensorBoard too if it is
 installed), and an optional wall-clock budget after which training stops at the next batch.
+Under ``torchrun --nproc_per_node=N`` the ranks train one network data-parallel (harness/train/distributed.py):
+each global batch is split by rank, rank 0 writes checkpoints and logs, and the loss curve is one process's.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 from harness import checkpoint as ckpt
 from harness import env
 from harness.target import Target
+from harness.train import distributed
 from harness.train.data import FeatureData
 
 
@@ -54,6 +57,8 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
     """Train into ``out``; ``init`` starts from a checkpoint's weights (HASS's second stage, or a sibling
     method's draft: the method's ``warm_start`` says which checkpoints it can start from)."""
     ckpt.check_fingerprint(data.fingerprint, target.fingerprint(), data.directory)
+    group = distributed.start()
+    main = group is None or group.main
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     net, objective = method_cls.training_setup(target, data, **(loss_options or {}))
@@ -67,25 +72,33 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
     total_steps = max(1, min(steps_per_epoch * config.epochs, config.max_steps or steps_per_epoch * config.epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
         (step + 1) / config.warmup_steps, max(0.0, (total_steps - step) / max(1, total_steps - config.warmup_steps))))
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     state_path = out / "trainer_state.pt"
     state = {"epoch": 0, "step": 0, "seconds": 0.0, "evals": []}
-    if state_path.is_file():
-        saved = torch.load(state_path, weights_only=False)
+    saved = torch.load(state_path, weights_only=False) if main and state_path.is_file() else None
+    if group is not None:
+        saved = distributed.from_main(saved)
+    if saved is not None:
         net.load_state_dict(saved["net"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         state = saved["state"]
-        print(f"resuming after epoch {state['epoch']} (step {state['step']})")
-    logger = _Logger(out)
+        if main:
+            print(f"resuming after epoch {state['epoch']} (step {state['step']})")
+    step_loss = distributed.wrap(net, objective, group) if group is not None else None
+    logger = _Logger(out, enabled=main)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if target.device.type == "cuda" else contextlib.nullcontext()
     started = time.perf_counter() - state["seconds"]
     stopped_early = False
     for epoch in range(state["epoch"], config.epochs):
         rng = random.Random(f"{config.seed}:{epoch}")
-        for batch in data.batches(train_ids, config.batch_size, rng, target.device):
+        for indices in data.groups(train_ids, config.batch_size, rng):
             with autocast:
-                loss, logs = objective.loss(net, batch)
+                if group is None:
+                    loss, logs = objective.loss(net, data.collate(indices, target.device))
+                else:
+                    loss, logs = _rank_loss(step_loss, data, indices, group, target.device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_value_(params, config.clip_value)
@@ -94,25 +107,45 @@ def train(method_cls, target: Target, data: FeatureData, out: Path, config: Trai
             state["step"] += 1
             logger.step({"step": state["step"], "epoch": epoch + 1, "lr": schedule.get_last_lr()[0],
                          "seconds": round(time.perf_counter() - started, 1), **logs})
-            over_time = config.time_budget_s and time.perf_counter() - started > config.time_budget_s
+            over_time = bool(config.time_budget_s and time.perf_counter() - started > config.time_budget_s)
+            if group is not None:
+                over_time = distributed.any_rank(over_time)
             if over_time or state["step"] >= total_steps:
                 stopped_early = state["step"] < steps_per_epoch * config.epochs
                 break
-        evaluation = _evaluate(objective, net, data, held_out, config, target.device)
         state.update(epoch=epoch + 1, seconds=time.perf_counter() - started)
-        state["evals"].append({"epoch": epoch + 1, "step": state["step"], **evaluation})
-        logger.eval(state["evals"][-1])
-        print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
-        _save(method_cls, net, target, out / f"epoch_{epoch + 1}", data, config, loss_options, {**state, "init": init})
-        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "state": state}, state_path)
+        if main:
+            evaluation = _evaluate(objective, net, data, held_out, config, target.device)
+            state["evals"].append({"epoch": epoch + 1, "step": state["step"], **evaluation})
+            logger.eval(state["evals"][-1])
+            print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
+            _save(method_cls, net, target, out / f"epoch_{epoch + 1}", data, config, loss_options,
+                  {**state, "init": init})
+            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "state": state}, state_path)
+        if group is not None:
+            distributed.barrier()   # the others wait while rank 0 evaluates and saves
         if stopped_early:
-            print(f"budget reached after {state['step']} steps, {state['seconds']:.0f} s")
+            if main:
+                print(f"budget reached after {state['step']} steps, {state['seconds']:.0f} s")
             break
-    _save(method_cls, net, target, out, data, config, loss_options,
-          {**state, "stopped_early": stopped_early, "init": init})
+    if main:
+        _save(method_cls, net, target, out, data, config, loss_options,
+              {**state, "stopped_early": stopped_early, "init": init})
     logger.close()
     return out
+
+
+def _rank_loss(step_loss, data: FeatureData, indices: list[int], group: distributed.Group,
+               device) -> tuple[torch.Tensor, dict]:
+    """This rank's part of a global batch through DistributedDataParallel, weighted so that the gradients
+    DDP averages are the global batch's; the logs are the global batch's means."""
+    mine, real = distributed.my_part(indices, group)
+    batch = data.collate(mine, device)
+    count = distributed.positions(batch) if real else torch.zeros((), dtype=torch.long)
+    share, _ = distributed.weight(count, group)
+    loss, logs = step_loss(batch)
+    return loss * share, distributed.global_logs(logs, share, group)
 
 
 def _evaluate(objective, net, data: FeatureData, held_out: list[int], config: TrainConfig, device) -> dict:
@@ -145,16 +178,21 @@ def _save(method_cls, net, target: Target, where: Path, data: FeatureData, confi
 class _Logger:
     """train_log.csv (every step) and eval_log.csv (every epoch); TensorBoard when installed."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, enabled: bool = True) -> None:
+        """``enabled=False`` (ranks other than 0) writes nothing."""
+        self.out, self.enabled = out, enabled
         self.files: dict[str, tuple] = {}
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.board = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            self.board = None
+        self.board = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.board = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                pass
 
     def _write(self, name: str, row: dict) -> None:
+        if not self.enabled:
+            return
         if name not in self.files:
             path = self.out / name
             existing = path.is_file()
