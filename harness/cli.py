@@ -158,6 +158,9 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--feature-layers", type=_csv, default=(),
+                   help="also store these decoder layers' inputs, concatenated (EAGLE-3: "
+                        "'eagle3' = layers 2, N//2, N-3 of an N-layer target)")
     p.add_argument("--workers", type=int, default=None,
                    help="make shards on N Ray workers, one device each (needs pip install -e '.[cluster]')")
     p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
@@ -169,7 +172,8 @@ def _datagen(args: argparse.Namespace, argv: list[str]) -> None:
     config = datagen.DatagenConfig(
         target=args.target, out=args.out, sources=args.prompts, max_samples=args.max_samples,
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        temperature=args.temperature, seed=args.seed, data_dir=args.data_dir)
+        temperature=args.temperature, seed=args.seed, data_dir=args.data_dir,
+        feature_layers=tuple(args.feature_layers))
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be a positive number of Ray workers")
     if args.cluster and not args.workers:

@@ -2,7 +2,9 @@
 
 ``python -m harness datagen --target T --out DIR`` renders each prompt with the target's chat template,
 generates the answer in batches (greedy by default: the drafter learns the target's own text), then
-runs one forward over prompt + answer to record the final-norm features f_t (REFERENCE §1.3.2).
+runs one forward over prompt + answer to record the final-norm features f_t (REFERENCE §1.3.2) and, with
+``feature_layers``, the inputs of those decoder layers concatenated (EAGLE-3's fused low/mid/high features,
+``hidden_layers`` [T, k*H] bf16; ``eagle3`` picks the layers, see methods/eagle3.py).
 Shards are safetensors files of ``shard_size`` samples written atomically, so an interrupted run
 resumes at the missing shards; ``manifest.json`` records the target fingerprint, the prompt
 sources and filtering, every setting, and per-shard counts and times. With ``workers`` (Ray,
@@ -41,6 +43,7 @@ class DatagenConfig:
     data_dir: Path | None = None
     dtype: str = "auto"
     device: str = "auto"
+    feature_layers: tuple[str, ...] = ()   # decoder layers whose inputs are also stored; "eagle3": 2, N//2, N-3
 
 
 class ShardMaker:
@@ -57,6 +60,7 @@ class ShardMaker:
         self.fingerprint = {"model_id": loaded.model_id,
                             "vocab_size": self.model.get_output_embeddings().weight.shape[0],
                             "hidden_size": self.model.config.hidden_size, "model_type": self.model.config.model_type}
+        self.layers = resolve_layers(config.feature_layers, self.model.config.num_hidden_layers)
         self.encoded = _encode_prompts(self.tokenizer, prompts, config)[:config.max_samples]
         self.stops = sorted(chat.stop_ids(self.tokenizer, getattr(self.model, "generation_config", None)))
 
@@ -70,7 +74,7 @@ class ShardMaker:
         for i in range(0, len(prompts), config.batch_size):
             chunk = prompts[i:i + config.batch_size]
             samples += _features(self.model, _generate(self.model, self.tokenizer, chunk, self.stops, config),
-                                 len(chunk), chunk)
+                                 chunk, self.layers)
             progress(len(chunk))
         tensors = shard_tensors(samples)
         entry = {"file": shard_name(index), "samples": len(samples), "tokens": int(tensors["offsets"][-1]),
@@ -95,6 +99,25 @@ class ShardWorker:
 
     def work(self, index: int) -> tuple[dict, dict]:
         return self.maker.make(index)
+
+
+def eagle3_layers(num_layers: int) -> tuple[int, ...]:
+    """EAGLE-3's low / middle / high taps: the inputs of layers 2, N//2 and N-3 (SafeAILab/EAGLE@cb7e084
+    eagle/traineagle3/modeling_llama_kv.py, LlamaModel.forward)."""
+    return (2, num_layers // 2, num_layers - 3)
+
+
+def resolve_layers(names: tuple[str, ...], num_layers: int) -> tuple[int, ...]:
+    """Layer indices from ``--feature-layers`` (numbers, or ``eagle3``)."""
+    if tuple(names) == ("eagle3",):
+        return eagle3_layers(num_layers)
+    try:
+        layers = tuple(int(name) for name in names)
+    except ValueError:
+        raise UserError(f"--feature-layers {','.join(names)}: give layer numbers or 'eagle3'") from None
+    if any(not 0 <= i < num_layers for i in layers):
+        raise UserError(f"--feature-layers {','.join(names)}: the target has layers 0..{num_layers - 1}")
+    return layers
 
 
 def shard_name(index: int) -> str:
@@ -130,8 +153,9 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     # As the manifest stores them (tuples become lists), so a resumed run compares like with like.
-    settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v)
-                                      for k, v in asdict(config).items() if k != "out"}))
+    # An unset feature_layers is left out, so folders made before it existed still resume.
+    settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
+                                      if k != "out" and not (k == "feature_layers" and not v)}))
     if manifest and (manifest["target"] != fingerprint or manifest["settings"] != settings):
         raise UserError(f"{out} holds data made with another target or settings; choose another --out")
     manifest = manifest or {"target": fingerprint, "settings": settings, "prompt_stats": prompt_stats,
@@ -184,25 +208,33 @@ def _generate(model, tokenizer, prompts: list[list[int]], stops: list[int], conf
 
 
 @torch.no_grad()
-def _features(model, answers: list[list[int]], count: int, prompts: list[list[int]]) -> list[tuple]:
-    """(ids, loss_mask, features) per sample from one right-padded forward of prompt + answer."""
+def _features(model, answers: list[list[int]], prompts: list[list[int]], layers: tuple[int, ...] = ()) -> list[tuple]:
+    """(ids, loss_mask, features[, layer features]) per sample from one right-padded forward of prompt + answer.
+
+    Layer ``i``'s input is ``hidden_states[i]`` of transformers' output (index 0: the embeddings)."""
     sequences = [p + a for p, a in zip(prompts, answers)]
     width = max(len(s) for s in sequences)
     ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=model.device)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=model.device)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=bool(layers))
+    hidden = out.last_hidden_state
+    fused = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
     samples = []
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         length = len(prompt) + len(answer)
         loss_mask = torch.tensor([0] * len(prompt) + [1] * len(answer), dtype=torch.uint8)
-        samples.append((ids[row, :length].int().cpu(), loss_mask, hidden[row, :length].to(torch.bfloat16).cpu()))
+        sample = (ids[row, :length].int().cpu(), loss_mask, hidden[row, :length].to(torch.bfloat16).cpu())
+        if fused is not None:
+            sample += (fused[row, :length].to(torch.bfloat16).cpu(),)
+        samples.append(sample)
     return samples
 
 
 def shard_tensors(samples: list[tuple]) -> dict:
     lengths = torch.tensor([0] + [s[0].shape[0] for s in samples])
     return {"input_ids": torch.cat([s[0] for s in samples]), "loss_mask": torch.cat([s[1] for s in samples]),
-            "hidden": torch.cat([s[2] for s in samples]), "offsets": lengths.cumsum(0)}
+            "hidden": torch.cat([s[2] for s in samples]), "offsets": lengths.cumsum(0),
+            **({"hidden_layers": torch.cat([s[3] for s in samples])} if len(samples[0]) > 3 else {})}
 
 
 def save_shard(path: Path, tensors: dict) -> None:
