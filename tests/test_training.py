@@ -49,6 +49,27 @@ def test_datagen_train_resume_and_load(shared_data, tmp_path):
     assert gen.tokens == hf_greedy(target.model, prompt, 20)
 
 
+def test_datagen_feature_layers_store_the_chosen_layer_inputs(shared_data, tmp_path):
+    """``hidden_layers`` holds transformers' hidden_states[i] (the input of layer i) for each chosen i."""
+    from safetensors.torch import load_file
+    target_dir = save_tiny_target(tmp_path / "target")
+    config = datagen.DatagenConfig(target=target_dir, out=tmp_path / "data", sources=("gsm8k",), max_samples=2,
+                                   max_new_tokens=6, batch_size=2, shard_size=2, data_dir=shared_data,
+                                   feature_layers=("0", "1"))
+    datagen.run(config)
+    shard = load_file(str(tmp_path / "data" / datagen.shard_name(0)))
+    target = Target.load(target_dir)
+    end = int(shard["offsets"][1])
+    with torch.no_grad():
+        states = target.model.get_decoder()(input_ids=shard["input_ids"][None, :end].long(),
+                                            output_hidden_states=True).hidden_states
+    expected = torch.cat([states[0][0], states[1][0]], dim=-1).to(torch.bfloat16)
+    assert shard["hidden_layers"].shape == (int(shard["offsets"][-1]), 64)
+    torch.testing.assert_close(shard["hidden_layers"][:end].float(), expected.float(), atol=2e-2, rtol=2e-2)
+    assert datagen.eagle3_layers(30) == (2, 15, 27)
+    assert datagen.resolve_layers(("eagle3",), 30) == (2, 15, 27)
+
+
 def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):
     from tests.test_hass_fspad import feature_data
     from tests.tiny import tiny_target
