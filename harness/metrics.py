@@ -112,7 +112,7 @@ def cell_stats(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         cell = answered(whole)
         mine, theirs = paired_with_baseline(cell, baseline_rows(frame, keys, values))
         speed_mine, speed_theirs = timed_pairs(mine, theirs)
-        same, compared = same_text(mine, theirs)
+        same, compared = same_text(speed_mine, speed_theirs)   # a replayed row's text was not decoded
         tau_lo, tau_hi = tau_pooled_interval(cell)
         sp_lo, sp_hi = speedup_interval(speed_mine, speed_theirs)
         clocked = timed(cell)
@@ -393,8 +393,9 @@ def _speedup_difference(a: pd.DataFrame, b: pd.DataFrame, base: pd.DataFrame | N
 
 def paired(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Every pair of methods with shared questions within each group of ``keys`` (run, suite, temperature
-    [, task]): method minus reference, the reference being the baseline when the pair has it, else the method met first in the frame
-    (the loaders put the baseline first). Columns as paired_difference returns them, plus the labels."""
+    [, task]): method minus reference, the reference being the baseline when the pair has it, else the method
+    met first in the frame (the loaders put the baseline first). Columns as paired_difference returns them,
+    plus the labels."""
     out = []
     ran = answered(frame)
     for values, group in ran.groupby(keys, sort=False):

@@ -19,7 +19,8 @@ from harness.suite import SUITES, Question, Suite
 from tests.tiny import save_tiny_target
 
 CHROMIUM = Path("/usr/bin/chromium")
-TABLES = ["summary", "paired", "claims", "speedup_by_task", "tau_by_task", "latency", "acceptance_by_depth", "quality", "environment"]
+TABLES = ["summary", "paired", "claims", "speedup_by_task", "tau_by_task", "latency", "acceptance_by_depth", "quality",
+          "environment"]
 
 
 def make_row(qid, method, temperature, accept, wall, text, task="mt_bench", score=None, lossless=True,
@@ -335,6 +336,7 @@ def test_contended_timings_are_flagged_and_replayed_rows_give_tau_only(tmp_path)
     summary = metrics.summarize(metrics.load_frame(run_dir.glob("answers/*/*.jsonl"))).set_index("method")
     assert summary.loc["pld", "contended"] == "1/2" and summary.loc["vanilla", "contended"] == "0/2"
     assert summary.loc["eagle2", "tau_pooled"] == pytest.approx(3.0) and np.isnan(summary.loc["eagle2", "speedup"])
+    assert summary.loc["eagle2", "lossless"] == "yes" and summary.loc["eagle2", "same_text"] == ""
     out = build([run_dir], tmp_path / "report")
     report = (out / "report.md").read_text()
     assert "pld T=0: 1 of 2 questions were timed while other processes shared the machine" in report

@@ -53,7 +53,7 @@ def _answered(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _row_notes(frame: pd.DataFrame) -> list[str]:
-    """Skipped questions per cell, and rows too old to say which sweep timed them."""
+    """Skipped questions per cell, and rows too old to say which sweep timed them or how busy the machine was."""
     if frame.empty:
         return []
     notes = _skipped_notes(frame[frame.skipped != ""])
@@ -61,6 +61,11 @@ def _row_notes(frame: pd.DataFrame) -> list[str]:
     if unknown:
         notes.append(f"{unknown} rows record no timing session (written before sessions were recorded), so "
                      f"whether their speedup pairs were timed in one process is unknown")
+    clocked = metrics.timed(frame[frame.skipped == ""])
+    unmeasured = int(clocked.contended.isna().sum())
+    if unmeasured:
+        notes.append(f"{unmeasured} rows record no machine load (written before loads were recorded), so whether "
+                     f"other processes shared the machine while they were timed is unknown")
     return notes
 
 

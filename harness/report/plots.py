@@ -115,7 +115,8 @@ class Plotter:
         return self._save(fig, key, caption)
 
     def accept_histogram(self, hist: pd.DataFrame, title: str, key: str, caption: str) -> Figure | None:
-        hist = hist[hist.method != hist.baseline]
+        drafting = hist[hist.accept_length > 1].groupby(["run", "temperature", "method"]).size().index
+        hist = hist[hist.set_index(["run", "temperature", "method"]).index.isin(drafting)]   # vanilla commits 1 a step
         if hist.empty:
             return None
         temps = sorted(hist.temperature.unique())

@@ -1,8 +1,9 @@
 """Numbers behind every table and plot, computed from the question frame with harness.metrics estimators.
 
 Each function returns a numeric (long) DataFrame; tables.py formats them and plots.py draws them.
-A speedup always uses the baseline rows (vanilla unless the manifest or --baseline names another) of the same run, suite, temperature (and task) on the questions
-both answered, never a baseline from another run. A missing baseline leaves NaN, shown as a gap.
+A speedup always uses the baseline rows (vanilla unless the manifest or --baseline names another) of
+the same run, suite, temperature (and task) on the questions both answered, never a baseline from
+another run. A missing baseline leaves NaN, shown as a gap.
 Paired differences (``paired``) compare every two methods on the questions both answered.
 Pairs whose two rows were timed by different sweeps are counted (``cross_session``) for the notes, and
 the device types of the paired rows listed: a speedup over several is refused (harness/metrics.py).
@@ -52,8 +53,7 @@ def acceptance(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     A method that drafts nothing (vanilla) has no step above length 1, so no depth rows."""
     hist, depth = [], []
     for values, cell in frame.groupby(KEYS, sort=False):
-        base = {**dict(zip(KEYS, values)), "label": metrics.label(values[-1], bool(cell.lossless.all())),
-                "baseline": cell.baseline.iloc[0]}
+        base = {**dict(zip(KEYS, values)), "label": metrics.label(values[-1], bool(cell.lossless.all()))}
         for length, share in metrics.accept_histogram(cell.accept_lengths).items():
             hist.append({**base, "accept_length": int(length), "share": share})
         for d, p in metrics.acceptance_by_depth(cell.accept_lengths).items():
