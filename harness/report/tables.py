@@ -216,7 +216,7 @@ def paired(pairs: pd.DataFrame, runs: list[Run], baseline: str) -> Table:
 
 CLAIM_VERDICTS = {(">", "above"): "reproduced", (">", "below"): "contradicted",
                   ("<", "below"): "reproduced", ("<", "above"): "contradicted",
-                  (">=", "above"): "reproduced", (">=", "not distinguishable"): "reproduced (no difference)",
+                  (">=", "above"): "reproduced", (">=", "not distinguishable"): "not contradicted (no difference detected)",
                   (">=", "below"): "contradicted"}
 
 
@@ -245,6 +245,6 @@ def claims(pairs: pd.DataFrame, claim_list: list[dict], runs: list[Run]) -> Tabl
                                          "Here", "Claimed by"])
     caption = (f"Published claims about τ (reports/published/anchors.toml [[claims]]) against our paired "
                f"difference on each suite and temperature. Intervals: {PAIRED_INTERVAL}. Reproduced: the whole "
-               f"interval lies on the claimed side of 0 (for ≥, also when it straddles 0); contradicted: on the "
-               f"other side; not distinguishable otherwise: more questions are needed.")
+               f"interval lies on the claimed side of 0; contradicted: on the other side; for ≥, an interval "
+               f"around 0 does not contradict it; not distinguishable otherwise: more questions are needed.")
     return Table("claims", "Published claims, tested here", caption, frame)
