@@ -95,7 +95,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
     from harness import metrics, runner
-    from harness.records import iter_result_files
+    from harness.records import baseline_of, iter_result_files
 
     if args.stack == "vllm":
         return _serve(args, argv)
@@ -116,10 +116,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
     except torch.OutOfMemoryError as exc:
         raise UserError("out of memory; finished questions are saved: lower --max-new-tokens or --max-len, "
                         "then rerun the same command to resume") from exc
-    frame = metrics.load_frame(iter_result_files([run_dir]))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    frame = metrics.load_frame(iter_result_files([run_dir]), baseline=baseline_of(manifest))
     summary = metrics.summarize(frame)
     print(f"results: {run_dir}")
     print(metrics.format_summary(summary))
+    if "contended" in summary.columns:
+        print("note: the contended column counts questions timed while other processes shared the machine; "
+              "their speedups are not clean timings (README, Clean timings)")
+    if not frame.empty:
+        print(metrics.format_paired(metrics.paired(frame, ["suite", "temperature"])))
     failures = metrics.lossless_failures(summary)
     if failures:
         raise LosslessFailure("\n".join(failures))

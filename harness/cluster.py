@@ -153,7 +153,7 @@ def run(checked: validate.Checked, questions: dict[str, list[Question]], argv: l
 def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv: list[str], run_dir: Path,
            info: dict, pool: Pool) -> None:
     plan = checked.plan
-    manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session())
+    manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session(), plan.baseline)
     sweep = manifest.data["sweeps"][-1]
     sweep.update(target_check=info["target_check"], workers=pool.identities, worker_deaths=0)
     manifest.save()

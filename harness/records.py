@@ -7,6 +7,8 @@ stop reasons, tree sizes, scores, the timing session). Rows are appended and flu
 a time by the one run that holds the run directory's lock; reading drops a last line that a killed run
 left half-written, so a rerun resumes without losing a question, and sets any other damage aside.
 A question that cannot run is a row too, with ``skipped`` giving the reason and empty ``choices``.
+``Row`` is the typed form every writer builds and every reader (metrics, report) reads; the manifest
+names the run's speedup baseline (``baseline``), so no reader assumes one.
 """
 from __future__ import annotations
 
@@ -33,7 +35,14 @@ ESTIMATORS = {
     "baseline_impl": "same_kernel_loop (methods/vanilla.py through the shared decode loop)",
     "token_count_method": "generated_ids",
     "timer_scope": "full_call (prefill + drafting + verification; tokenisation excluded)",
+    "paired": "paired percentile bootstrap over questions: both methods' rows on the same resampled question ids "
+              "(turns belong to their question), 95% interval of the difference",
+    "contention": "each row's load record (harness/machine_load.py): contended when other processes kept more "
+                  "than 10% of the cores busy, or the 1-minute load average exceeded cores + 0.5",
 }
+
+# The method every speedup is measured against unless the manifest names another (``baseline``).
+DEFAULT_BASELINE = "vanilla"
 
 
 LOCK_FILE = "run.lock"
@@ -97,7 +106,7 @@ class FileRows:
 
 
 ROW_FIELDS = ("question_id", "category", "method", "suite", "temperature", "choices")
-CHOICE_FIELDS = ("turns", "decoding_steps", "new_tokens", "wall_time", "accept_lengths")
+CHOICE_KEYS = ("turns", "decoding_steps", "new_tokens", "wall_time", "accept_lengths")
 
 
 def _intact(row: object) -> bool:
@@ -106,7 +115,7 @@ def _intact(row: object) -> bool:
         return False
     choices = row["choices"]
     return (isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict)
-            and all(isinstance(choices[0].get(key), list) for key in CHOICE_FIELDS))
+            and all(isinstance(choices[0].get(key), list) for key in CHOICE_KEYS))
 
 
 def scan_rows(path: Path) -> FileRows:
@@ -188,52 +197,99 @@ class RowWriter:
         self.close()
 
 
+# Harness fields a row may leave out (older rows, skipped rows): None here means "not in the row".
+OPTIONAL_KEYS = ("task", "model_id", "answer_id", "tstamp", "lossless", "prefill_time", "draft_time", "verify_time",
+                 "tree_nodes", "stop_reasons", "token_ids", "scores", "question_hash", "timing_session", "worker",
+                 "load")
+
+
+@dataclass
+class Row:
+    """One question's answer row, typed. ``to_json`` writes Spec-Bench's layout (the per-turn lists under
+    ``choices[0]``) plus the harness fields that are set; ``from_json`` reads any intact row, older ones
+    included, and keeps fields it does not know in ``extra`` so a round trip loses nothing."""
+
+    question_id: Any
+    category: str
+    method: str
+    suite: str
+    temperature: float
+    turns: list[str] = field(default_factory=list)
+    decoding_steps: list[int] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    wall_time: list[float] = field(default_factory=list)
+    accept_lengths: list[int] = field(default_factory=list)     # every step of every turn, in order
+    task: str | None = None
+    model_id: str | None = None
+    answer_id: str | None = None
+    tstamp: float | None = None
+    lossless: bool | None = None
+    prefill_time: list[float] | None = None
+    draft_time: list[float] | None = None
+    verify_time: list[float] | None = None
+    tree_nodes: list[int] | None = None
+    stop_reasons: list[str] | None = None
+    token_ids: list[list[int]] | None = None
+    scores: dict[str, float] | None = None
+    question_hash: str | None = None
+    timing_session: str | None = None     # the sweep that timed the row (records.new_session)
+    worker: dict | None = None            # host, pid, device and device type (harness/env.py)
+    load: dict | None = None              # the machine's load while the row was timed (harness/machine_load.py)
+    skipped: str = ""                     # why the question could not run; "" when it ran
+    replayed: bool = False                # accept lengths replayed, not decoded: no wall time to compare
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        choice = {"index": 0, **{key: getattr(self, key) for key in CHOICE_KEYS}}
+        out = {"question_id": self.question_id, "category": self.category, "choices": [choice],
+               "method": self.method, "suite": self.suite, "temperature": self.temperature}
+        out.update({key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None})
+        if self.skipped:
+            out["skipped"] = self.skipped
+        if self.replayed:
+            out["replayed"] = True
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Row":
+        choice = data["choices"][0]
+        known = set(ROW_FIELDS) | set(OPTIONAL_KEYS) | {"skipped", "replayed"}
+        return cls(question_id=data["question_id"], category=data["category"], method=data["method"],
+                   suite=data["suite"], temperature=data["temperature"],
+                   **{key: list(choice[key]) for key in CHOICE_KEYS},
+                   **{key: data[key] for key in OPTIONAL_KEYS if key in data},
+                   skipped=data.get("skipped") or "", replayed=bool(data.get("replayed", False)),
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    @property
+    def device_type(self) -> str:
+        return (self.worker or {}).get("device_type", "")
+
+
 def make_row(*, question_id: Any, category: str, task: str, model_id: str, method: str, suite: str,
              temperature: float, turns: list[str], generations: list, wall_times: list[float],
-             scores: dict[str, float], lossless: bool, session: str, question_hash: str = "") -> dict:
+             scores: dict[str, float], lossless: bool, session: str, question_hash: str = "") -> Row:
     """One question's answer row from its per-turn Generations (harness.decode); ``session`` names the sweep
     that timed it; ``question_hash`` (Question.text_hash) lets a resume tell whether the question's text has
     changed since."""
-    choice = {
-        "index": 0,
-        "turns": turns,
-        "decoding_steps": [len(g.accept_lengths) for g in generations],
-        "new_tokens": [len(g.tokens) for g in generations],
-        "wall_time": wall_times,
-        "accept_lengths": [a for g in generations for a in g.accept_lengths],
-    }
-    return {
-        "question_id": question_id,
-        "category": category,
-        "answer_id": uuid.uuid4().hex,
-        "model_id": model_id,
-        "choices": [choice],
-        "tstamp": time.time(),
-        "method": method,
-        "suite": suite,
-        "task": task,
-        "temperature": temperature,
-        "lossless": lossless,
-        "prefill_time": [g.prefill_time for g in generations],
-        "draft_time": [g.draft_time for g in generations],
-        "verify_time": [g.verify_time for g in generations],
-        "tree_nodes": [sum(g.tree_sizes) for g in generations],
-        "stop_reasons": [g.stop_reason for g in generations],
-        "token_ids": [g.tokens for g in generations],
-        "scores": scores,
-        "question_hash": question_hash,
-        "timing_session": session,
-    }
+    return Row(
+        question_id=question_id, category=category, method=method, suite=suite, temperature=temperature,
+        turns=turns, decoding_steps=[len(g.accept_lengths) for g in generations],
+        new_tokens=[len(g.tokens) for g in generations], wall_time=wall_times,
+        accept_lengths=[a for g in generations for a in g.accept_lengths],
+        task=task, model_id=model_id, answer_id=uuid.uuid4().hex, tstamp=time.time(), lossless=lossless,
+        prefill_time=[g.prefill_time for g in generations], draft_time=[g.draft_time for g in generations],
+        verify_time=[g.verify_time for g in generations], tree_nodes=[sum(g.tree_sizes) for g in generations],
+        stop_reasons=[g.stop_reason for g in generations], token_ids=[g.tokens for g in generations],
+        scores=scores, question_hash=question_hash, timing_session=session)
 
 
 def make_skipped_row(*, question_id: Any, category: str, task: str, model_id: str, method: str, suite: str,
-                     temperature: float, reason: str, session: str, question_hash: str = "") -> dict:
+                     temperature: float, reason: str, session: str, question_hash: str = "") -> Row:
     """The row of a question that cannot run: it counts as done on a rerun and reports count it apart."""
-    choice = {"index": 0, "turns": [], "decoding_steps": [], "new_tokens": [], "wall_time": [], "accept_lengths": []}
-    return {"question_id": question_id, "category": category, "answer_id": uuid.uuid4().hex, "model_id": model_id,
-            "choices": [choice], "tstamp": time.time(), "method": method, "suite": suite, "task": task,
-            "temperature": temperature, "skipped": reason, "timing_session": session,
-            "question_hash": question_hash}
+    return Row(question_id=question_id, category=category, method=method, suite=suite, temperature=temperature,
+               task=task, model_id=model_id, answer_id=uuid.uuid4().hex, tstamp=time.time(), skipped=reason,
+               timing_session=session, question_hash=question_hash)
 
 
 # Settings added after runs were first recorded, with the value those runs used: a run directory
@@ -254,7 +310,8 @@ class Manifest:
         self.data = data
 
     @classmethod
-    def open(cls, run_dir: Path, settings: dict, env: dict, argv: list[str], session: str = "") -> "Manifest":
+    def open(cls, run_dir: Path, settings: dict, env: dict, argv: list[str], session: str = "",
+             baseline: str = DEFAULT_BASELINE) -> "Manifest":
         path = run_dir / "manifest.json"
         sweep = {"argv": argv, "started": time.time(), "env": env, "session": session}
         if path.is_file():
@@ -265,9 +322,10 @@ class Manifest:
                 raise UserError(f"{run_dir} holds results made with other settings ({', '.join(changed)}); "
                                 f"choose another --out or repeat the original settings")
             data["sweeps"].append(sweep)
+            data.setdefault("baseline", baseline)
         else:
             data = {"schema_version": SCHEMA_VERSION, "settings": settings, "estimators": ESTIMATORS,
-                    "cells": [], "sweeps": [sweep]}
+                    "baseline": baseline, "cells": [], "sweeps": [sweep]}
         manifest = cls(path, data)
         manifest.save()
         return manifest
@@ -276,6 +334,11 @@ class Manifest:
         if cell not in self.data["cells"]:
             self.data["cells"].append(cell)
             self.save()
+
+    def add_cell_load(self, cell: dict, load: dict) -> None:
+        """The machine's load over one cell of this sweep (harness/machine_load.py)."""
+        self.data["sweeps"][-1].setdefault("cell_load", []).append({**cell, **load})
+        self.save()
 
     def finish_sweep(self, status: str) -> None:
         self.data["sweeps"][-1].update(finished=time.time(), status=status)
@@ -286,6 +349,11 @@ class Manifest:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, ensure_ascii=False))
         tmp.replace(self.path)
+
+
+def baseline_of(manifest: dict) -> str:
+    """The method a run's speedups are measured against; runs recorded before it was named used vanilla."""
+    return manifest.get("baseline") or DEFAULT_BASELINE
 
 
 def iter_result_files(run_dirs: Iterable[Path]) -> Iterable[Path]:

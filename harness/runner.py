@@ -3,8 +3,8 @@
 Every input is checked (harness/validate.py) before anything is written: names, settings, device
 and data before the model loads, then its context, the run folder and every draft checkpoint
 before the first cell, and the target passes the lossless self-check (harness/selfcheck.py).
-Within each (suite, temperature) vanilla runs first, so every speedup has a baseline from the same
-run on the same stack. A question already in a cell's answer file is skipped, so rerunning a
+Within each (suite, temperature) the baseline (vanilla) runs first, so every speedup has a baseline from the
+same run on the same stack. A question already in a cell's answer file is skipped, so rerunning a
 command resumes it. One run at a time holds a run directory; every row names the sweep (session)
 that timed it. A question that cannot run (a prompt longer than the context) becomes a row that
 says why, and the sweep goes on. Every row names the host, process and device that timed it.
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import chat, env, selfcheck, validate
+from harness import chat, env, machine_load, selfcheck, validate
 from harness.decode import PromptTooLong, generate
 from harness.drafter import Drafter
-from harness.records import (Manifest, RowWriter, answer_file, comparable_settings, make_row, make_skipped_row,
-                             new_session, read_rows, run_dir_lock)
+from harness.records import (DEFAULT_BASELINE, Manifest, RowWriter, answer_file, comparable_settings, make_row,
+                             make_skipped_row, new_session, read_rows, run_dir_lock)
 from harness.sampling import SamplingParams
 from harness.suite import Question, Suite
 from harness.target import Target
@@ -63,6 +63,7 @@ class Plan:
     device_map: str | None = None   # accelerate's auto | balanced: one target across the visible GPUs
     workers: int | None = None      # Ray workers (harness/cluster.py); None runs in this process
     cluster: str | None = None      # address of a running Ray cluster (default: start one on this machine)
+    baseline: str = DEFAULT_BASELINE   # runs first in each (suite, temperature); every speedup's reference
 
     def settings(self, target: Target) -> dict:
         """What every row of a run directory shares; a resumed run must repeat it exactly."""
@@ -112,7 +113,7 @@ def run_dir_for(plan: Plan, settings: dict) -> Path:
 def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, drafters: dict[str, Drafter],
            suites: dict[str, Suite], questions: dict[str, list[Question]], target_check: dict) -> None:
     session = new_session()
-    manifest = Manifest.open(run_dir, settings, env.capture(), argv, session)
+    manifest = Manifest.open(run_dir, settings, env.capture(), argv, session, plan.baseline)
     manifest.data["sweeps"][-1]["target_check"] = target_check
     worker = {**env.worker(target.device), "session": session}
     manifest.data["sweeps"][-1]["workers"] = [worker]
@@ -122,11 +123,14 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
         for suite_name, suite in suites.items():
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
-                for method, drafter in drafters.items():   # vanilla first
+                for method, drafter in drafters.items():   # the baseline first
                     path = answer_file(run_dir, suite_name, method, temperature)
                     manifest.add_cell(cell_entry(run_dir, suite_name, temperature, method, drafter.settings(),
                                                  drafter.checkpoint, drafter.lossless))
-                    _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, worker)
+                    before = machine_load.sample()
+                    if _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, worker):
+                        manifest.add_cell_load({"suite": suite_name, "method": method, "temperature": temperature},
+                                               machine_load.between(before, machine_load.sample()))
         status = "complete"
     finally:
         manifest.finish_sweep(status)
@@ -150,11 +154,12 @@ def scoring(plan: Plan, suite: Suite) -> bool:
 
 
 def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], drafter: Drafter,
-              sampling: SamplingParams, path: Path, worker: dict) -> None:
+              sampling: SamplingParams, path: Path, worker: dict) -> int:
+    """Answer the cell's questions that have no row yet; return how many ran."""
     done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
     todo = [q for q in questions if q.id not in done]
     if not todo:
-        return
+        return 0
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
     verifier = drafter.verifier()
     warm_up(plan, target, drafter, verifier, questions, stops, sampling)
@@ -165,17 +170,19 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
         for question in todo:
             writer.write(answer_row(plan, target, suite, question, drafter, verifier, stops, sampling, scored, worker))
             bar.update(1)
+    return len(todo)
 
 
 def answer_row(plan: Plan, target: Target, suite: Suite, question: Question, drafter: Drafter, verifier: Verifier,
                stops: frozenset[int], sampling: SamplingParams, scored: bool, worker: dict) -> dict:
     """One question's row: its answers timed turn by turn, or the reason it could not run. ``worker`` names
-    the host, process, device and timing session."""
+    the host, process, device and timing session; ``load`` how busy the machine was meanwhile."""
     common = dict(question_id=int(question.id) if question.id.isdigit() else question.id,
                   category=question.category, task=question.group,
                   model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
                   method=drafter.name, suite=suite.name, temperature=sampling.temperature,
                   session=worker["session"], question_hash=question.text_hash)
+    before = machine_load.sample()
     try:
         texts, gens, walls = _answer(plan, target, drafter, verifier, suite.name, question, stops, sampling)
     except PromptTooLong as exc:
@@ -185,8 +192,9 @@ def answer_row(plan: Plan, target: Target, suite: Suite, question: Question, dra
         scores = suite.score(question, texts) if scored else {}
         row = make_row(**common, turns=texts, generations=gens, wall_times=walls, scores=scores,
                        lossless=drafter.lossless)
-    row["worker"] = {key: value for key, value in worker.items() if key != "session"}
-    return row
+    row.load = machine_load.between(before, machine_load.sample())
+    row.worker = {key: value for key, value in worker.items() if key != "session"}
+    return row.to_json()
 
 
 def _answer(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, suite: str, question: Question,

@@ -40,7 +40,7 @@ DEVICE_MAPS = ("auto", "balanced")   # accelerate's placements of a target acros
 @dataclass(frozen=True)
 class Checked:
     plan: "Plan"                           # method aliases resolved in methods, options and checkpoints
-    methods: list[str]                     # canonical names, vanilla first
+    methods: list[str]                     # canonical names, the baseline first
     suites: dict[str, Suite]
     questions: dict[str, list[Question]]   # every question of each suite, checked, before --limit
 
@@ -54,7 +54,8 @@ def before_load(plan: "Plan") -> Checked:
         raise UserError(f"--device-map {plan.device_map!r}: use {' or '.join(DEVICE_MAPS)}")
     if plan.device_map is not None and plan.device not in ("auto", "cuda"):
         raise UserError(f"--device-map places the target itself: leave --device at auto, not {plan.device}")
-    methods = ["vanilla"] + [m for m in dict.fromkeys(METHODS.get(m).name for m in plan.methods) if m != "vanilla"]
+    baseline = METHODS.get(plan.baseline).name
+    methods = [baseline] + [m for m in dict.fromkeys(METHODS.get(m).name for m in plan.methods) if m != baseline]
     options = _options_by_method(plan.options, methods)
     checkpoints = _checkpoints_by_method(plan.checkpoints, methods)
     for method, path in checkpoints.items():

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness import metrics, runner
@@ -18,7 +19,8 @@ from harness.suite import SUITES, Question, Suite
 from tests.tiny import save_tiny_target
 
 CHROMIUM = Path("/usr/bin/chromium")
-TABLES = ["summary", "speedup_by_task", "tau_by_task", "latency", "acceptance_by_depth", "quality", "environment"]
+TABLES = ["summary", "paired", "claims", "speedup_by_task", "tau_by_task", "latency", "acceptance_by_depth", "quality",
+          "environment"]
 
 
 def make_row(qid, method, temperature, accept, wall, text, task="mt_bench", score=None, lossless=True,
@@ -246,3 +248,119 @@ def test_speedups_pair_and_pool_only_within_one_device_type(tmp_path):
     assert np.isnan(summary.set_index("method").loc["pld", "speedup"])
     report = (build([run_dir], out=tmp_path / "report") / "report.md").read_text()
     assert "several device types (gpu A; gpu B)" in report and "not pooled" in report
+
+
+def test_rows_round_trip_through_the_typed_row():
+    from harness.records import Row
+
+    for row in VANILLA + PLD + [dict(VANILLA[0], skipped="too long", future_field=[1, 2])]:
+        typed = Row.from_json(row)
+        assert typed.to_json() == {**row, "choices": [{"index": 0, **row["choices"][0]}]}
+    old = {"question_id": "q", "category": "c", "method": "m", "suite": "s", "temperature": 0.0,
+           "choices": [{"turns": ["t"], "decoding_steps": [1], "new_tokens": [1], "wall_time": [0.1],
+                        "accept_lengths": [1]}]}
+    typed = Row.from_json(old)
+    assert (typed.lossless, typed.skipped, typed.replayed, typed.device_type, typed.extra) == (None, "", False, "", {})
+    assert set(typed.to_json()) == set(old)
+
+
+def test_paired_differences_on_hand_built_rows(hand_run):
+    frame = combined(load_runs([hand_run]))
+    pair = stats.paired(frame).set_index("method").loc["pld"]
+    assert pair.reference == "vanilla" and pair.questions == 2
+    assert pair.tau_diff == pytest.approx(3.0 - 1.0)
+    assert pair.tau_q_diff == pytest.approx(((2.5 - 1) + (20 / 6 - 1)) / 2)
+    assert (pair.tau_q_above, pair.tau_q_below) == (2, 0)
+    assert pair.tau_lo <= pair.tau_diff <= pair.tau_hi and pair.tau_verdict == "above"
+    assert pair.speedup_diff == pytest.approx(20 / 7.5 - 1)    # pld's speedup minus vanilla's (1)
+    same = metrics.paired_difference(frame[frame.method == "pld"], frame[frame.method == "pld"])
+    assert (same["tau_diff"], same["tau_lo"], same["tau_hi"], same["tau_verdict"]) == (0, 0, 0, "not distinguishable")
+    assert metrics.verdict(-0.1, -0.01) == "below" and metrics.verdict(float("nan"), 1) == ""
+
+
+def test_paired_bootstrap_resamples_questions_jointly():
+    """Two methods whose per-question tau moves together: a paired interval is narrow where an unpaired one
+    would straddle 0; the same resampled question ids serve both methods."""
+    from harness.records import Row
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for qid in range(30):
+        base = int(rng.integers(1, 4))
+        rows.append(make_row(qid, "a", 0.0, [base] * 4 + [base + 1], 1.0, "x"))
+        rows.append(make_row(qid, "b", 0.0, [base] * 5, 1.0, "x"))
+    frame = pd.DataFrame([metrics.question_record(Row.from_json(r), "vanilla") for r in rows])
+    result = metrics.paired_difference(frame[frame.method == "a"], frame[frame.method == "b"])
+    assert result["tau_diff"] == pytest.approx(0.2) and result["tau_verdict"] == "above"
+    assert result["tau_hi"] - result["tau_lo"] < 0.05
+
+
+def test_baseline_is_data_and_report_baseline_picks_the_reference(hand_run, tmp_path):
+    manifest = json.loads((hand_run / "manifest.json").read_text())
+    assert load_runs([hand_run])[0].baseline == "vanilla"            # runs recorded before it was named
+    cells = stats.cell_stats(combined(load_runs([hand_run], baseline="pld"))).set_index("method")
+    assert cells.loc["vanilla"].speedup == pytest.approx(7.5 / 20) and cells.loc["pld"].speedup == 1.0
+    (hand_run / "manifest.json").write_text(json.dumps(dict(manifest, baseline="pld")))
+    assert load_runs([hand_run])[0].baseline == "pld"
+    pairs = stats.paired(combined(load_runs([hand_run]))).set_index("method")
+    assert pairs.loc["vanilla"].reference == "pld" and pairs.loc["vanilla"].tau_verdict == "below"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--results", str(hand_run), "--out", str(tmp_path / "r"), "--baseline", "vanilla"])
+    run(args)
+    assert "Paired differences between methods" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_cli_summary_and_report_share_one_estimator_path(hand_run):
+    summary = metrics.summarize(metrics.load_frame(hand_run.glob("answers/*/*.jsonl"))).set_index("method")
+    cells = stats.cell_stats(combined(load_runs([hand_run]))).set_index("method")
+    for method in ("vanilla", "pld"):
+        assert summary.loc[method, "tau_pooled"] == cells.loc[method, "tau"]
+        assert summary.loc[method, "speedup"] == cells.loc[method, "speedup"]
+        assert summary.loc[method, "tok_per_s"] == cells.loc[method, "tps_total"]
+    assert summary.loc["pld", "same_text"] == "1/2" and summary.loc["pld", "lossless"] == "FAILED"   # q2 differs
+
+
+def test_contended_timings_are_flagged_and_replayed_rows_give_tau_only(tmp_path):
+    from harness import machine_load
+
+    busy = {"loadavg_before": 3.5, "loadavg_after": 3.9, "other_busy_cores": 1.2, "cores": 2}
+    quiet = {"loadavg_before": 1.0, "loadavg_after": 1.1, "other_busy_cores": 0.05, "cores": 2}
+    assert machine_load.contended(busy) and not machine_load.contended(quiet) and machine_load.contended({}) is None
+    assert machine_load.contended({**quiet, "other_busy_cores": None, "loadavg_after": 2.6})
+    record = machine_load.between(machine_load.sample(), machine_load.sample())
+    assert record["cores"] >= 1 and isinstance(record["contended"], bool)
+    rows = [dict(r, load=busy if r["method"] == "pld" and r["question_id"] == 1 else quiet) for r in VANILLA + PLD]
+    rows += [dict(r, method="eagle2", replayed=True) for r in PLD]
+    run_dir = write_run(tmp_path / "busy", rows)
+    summary = metrics.summarize(metrics.load_frame(run_dir.glob("answers/*/*.jsonl"))).set_index("method")
+    assert summary.loc["pld", "contended"] == "1/2" and summary.loc["vanilla", "contended"] == "0/2"
+    assert summary.loc["eagle2", "tau_pooled"] == pytest.approx(3.0) and np.isnan(summary.loc["eagle2", "speedup"])
+    assert summary.loc["eagle2", "lossless"] == "yes" and summary.loc["eagle2", "same_text"] == ""
+    out = build([run_dir], tmp_path / "report")
+    report = (out / "report.md").read_text()
+    assert "pld T=0: 1 of 2 questions were timed while other processes shared the machine" in report
+    pld_line = next(line for line in (out / "tables" / "summary.md").read_text().splitlines() if "| pld |" in line)
+    assert "‡" in pld_line
+    eagle = next(line for line in (out / "tables" / "paired.md").read_text().splitlines()
+                 if "| eagle2 | pld |" in line or "| pld | eagle2 |" in line)
+    assert "+0.00 [+0.00, +0.00]" in eagle and eagle.rstrip(" |").endswith("—")   # no speed for replayed rows
+
+
+def test_published_claims_get_our_paired_verdict(tmp_path):
+    eagle = [dict(r, method="eagle2") for r in PLD]
+    hass = [dict(r, method="hass", choices=[dict(r["choices"][0], accept_lengths=r["choices"][0]["accept_lengths"]
+                                                 [:-1] + [r["choices"][0]["accept_lengths"][-1] + 2])]) for r in PLD]
+    run_dir = write_run(tmp_path / "claims", VANILLA + eagle + hass)
+    out = build([run_dir], tmp_path / "report", paper="hass")
+    claims = (out / "tables" / "claims.md").read_text()
+    hass_line = next(line for line in claims.splitlines() if line.startswith("| HASS > EAGLE-2"))
+    assert "| reproduced |" in hass_line and "arXiv 2408.15766" in hass_line
+    assert "| Medusa < EAGLE-2 | — |" in claims and "not measured here" in claims
+    verdicts = (out / "paper_hass.md").read_text()
+    assert "Our paired τ verdicts between the paper's methods" in verdicts
+    with pytest.raises(UserError, match="relation"):
+        bad = tmp_path / "anchors.toml"
+        bad.write_text(paper.ANCHORS.read_text() + '\n[[claims]]\nclaim = "x"\nmethod = "a"\nreference = "b"\n'
+                       'relation = "~"\nsource = "s"\n')
+        paper.load_anchors(bad)

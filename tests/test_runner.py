@@ -46,6 +46,11 @@ def test_run_writes_specbench_rows_and_a_manifest(tiny_dir, tmp_path):
     assert manifest["settings"]["max_new_tokens"] == 24 and manifest["estimators"]["tau"].startswith("pooled")
     assert manifest["sweeps"][-1]["status"] == "complete" and manifest["sweeps"][-1]["env"]["torch"]
     assert {c["method"] for c in manifest["cells"]} == {"vanilla", "pld"}
+    assert manifest["baseline"] == "vanilla"
+    load = rows[0]["load"]                         # how busy the machine was while the row was timed
+    assert set(load) == {"loadavg_before", "loadavg_after", "other_busy_cores", "cores", "contended"}
+    assert {(c["method"], c["suite"]) for c in manifest["sweeps"][-1]["cell_load"]} == {("vanilla", "tiny-words"),
+                                                                                        ("pld", "tiny-words")}
 
 
 def test_an_interrupted_run_resumes_without_repeating_or_losing_a_question(tiny_dir, tmp_path, monkeypatch):
@@ -99,6 +104,7 @@ def test_cli_run_prints_a_summary_with_tau_and_speedup(tiny_dir, tmp_path, capsy
                  "--out", str(tmp_path / "cli"), "--warmup", "0", "--limit", "2"]) == 0
     out = capsys.readouterr().out
     assert "tau_pooled" in out and "speedup" in out and "pld" in out and "vanilla" in out
+    assert "paired, method - reference" in out and "d_tau" in out
 
 
 def test_a_transformers_generate_row_and_fixed_shape_forwards_keep_vanilla_text(tiny_dir, tmp_path):

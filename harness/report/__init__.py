@@ -31,10 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also lay out a paper's table beside its published numbers: "
                              "coral, eagle2, hass, fspad, medusa or specbench")
     parser.add_argument("--compare", action="store_true", help="put two or more runs side by side with ratios")
+    parser.add_argument("--baseline", default=None, metavar="METHOD",
+                        help="the method every speedup is measured against (default: each run's manifest, vanilla)")
 
 
 def run(args: argparse.Namespace) -> None:
-    out = build(args.results or [Path("results")], args.out, args.paper, args.compare)
+    out = build(args.results or [Path("results")], args.out, args.paper, args.compare, args.baseline)
     print(f"report: {out / 'index.html'}")
 
 
@@ -95,30 +97,46 @@ def _device_notes(cells: pd.DataFrame) -> list[str]:
             f"one device type" for c in cells.itertuples() if ";" in c.device_types]
 
 
-def build(results: list[Path], out: Path | None = None, paper: str | None = None, compare: bool = False) -> Path:
-    """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* with --paper); return the folder."""
+def _contended_notes(cells: pd.DataFrame) -> list[str]:
+    """Cells timed while other processes shared the machine: their wall times, and so their speedups, are
+    not clean timings (README, "Clean timings")."""
+    return [f"- {c.run}: {c.suite} {c.method} T={c.temperature:g}: {c.contended} of {c.paired or c.questions} "
+            f"questions were timed while other processes shared the machine (load records); rerun on an idle "
+            f"machine for a clean speedup" for c in cells.itertuples() if c.contended]
+
+
+def build(results: list[Path], out: Path | None = None, paper: str | None = None, compare: bool = False,
+          baseline: str | None = None) -> Path:
+    """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* with --paper); return the folder.
+    ``baseline`` overrides each run's speedup reference (the manifest's ``baseline``, vanilla by default)."""
     served = serving.find(results)
     research = [p for p in results if p not in served]
-    runs = load_runs(research) if research or not served else []
+    runs = load_runs(research, baseline) if research or not served else []
     if compare and len(runs) < 2:
         raise UserError("--compare needs two or more run directories (pass several --results DIR)")
-    anchors = papers.load_anchors() if paper else {}
+    anchors = papers.load_anchors()
     out_dir = out or Path("reports") / (_default_name(runs, compare) if runs else served[0].name)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = combined(runs) if runs else pd.DataFrame()
     notes = [f"- {run.name}: {note}" for run in runs for note in run.notes]
     sections: list[Section] = []
-    cells = task_cells = pd.DataFrame()
+    cells = task_cells = pairs = pd.DataFrame()
     failures: list[str] = []
     if not frame.empty:
         cells, task_cells = stats.cell_stats(frame), stats.cell_stats(frame, by_task=True)
         failures = stats.lossless_failures(cells)
-        notes += _crossed_notes(cells) + _device_notes(cells)
+        notes += _crossed_notes(cells) + _device_notes(cells) + _contended_notes(cells)
+        pairs = stats.paired(frame)
+        references = ", ".join(dict.fromkeys(r.baseline for r in runs))
         lat, qual = stats.latency(frame), stats.quality(frame)
         hist, depth = stats.acceptance(frame)
         figures = _figures(Plotter(out_dir), runs, cells, task_cells, lat, hist, depth)
         sections += [
             Section("summary", "Speed: τ and speedup", tables=[tables.summary(cells, runs)]),
+            Section("paired", "Paired comparisons",
+                    tables=[tables.paired(pairs, runs, references),
+                            tables.claims(pairs, anchors.get("claims", []), runs)] if not pairs.empty else [],
+                    paragraphs=[] if not pairs.empty else ["One method per suite and temperature: nothing to pair."]),
             Section("tasks", "By task", tables=[tables.by_task(task_cells, cells, runs, "speedup"),
                                                  tables.by_task(task_cells, cells, runs, "tau")],
                     figures=figures["speedup"] + figures["tau"]),
@@ -136,7 +154,9 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
     if served:
         sections.append(serving.section(served, cells))
     if paper:
-        title, paragraphs, ptables = papers.paper_tables(paper, anchors, papers.Measured(cells, task_cells), runs)
+        measured = papers.Measured(cells, task_cells, pairs, stats.paired(frame, by_task=True) if not frame.empty
+                                   else pd.DataFrame())
+        title, paragraphs, ptables = papers.paper_tables(paper, anchors, measured, runs)
         paper_section = Section(f"paper_{paper}", title, paragraphs, ptables)
         sections.append(paper_section)
         render.write_markdown(out_dir / f"paper_{paper}.md", title, [paper_section])

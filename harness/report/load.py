@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness import metrics
 from harness.errors import UserError
-from harness.records import iter_result_files
+from harness.records import baseline_of, iter_result_files
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Run:
     path: Path
     manifest: dict
     frame: pd.DataFrame        # one row per answered question (metrics.load_frame, skipped rows left out)
+    baseline: str              # the method speedups are measured against (--baseline, else the manifest's)
     notes: list[str] = field(default_factory=list)   # gaps found while loading
 
 
@@ -45,14 +46,14 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def _answered(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of questions that ran, vanilla first in each suite and temperature."""
+    """The rows of questions that ran, the baseline first in each suite and temperature."""
     frame = metrics.answered(frame).copy()
-    frame["_order"] = frame.method.ne("vanilla")   # vanilla first: it is every table's reference line
+    frame["_order"] = frame.method.ne(frame.baseline)   # the baseline first: every table's reference line
     return frame.sort_values(["suite", "temperature", "_order", "method"], kind="stable").drop(columns="_order")
 
 
 def _row_notes(frame: pd.DataFrame) -> list[str]:
-    """Skipped questions per cell, and rows too old to say which sweep timed them."""
+    """Skipped questions per cell, and rows too old to say which sweep timed them or how busy the machine was."""
     if frame.empty:
         return []
     notes = _skipped_notes(frame[frame.skipped != ""])
@@ -60,6 +61,11 @@ def _row_notes(frame: pd.DataFrame) -> list[str]:
     if unknown:
         notes.append(f"{unknown} rows record no timing session (written before sessions were recorded), so "
                      f"whether their speedup pairs were timed in one process is unknown")
+    clocked = metrics.timed(frame[frame.skipped == ""])
+    unmeasured = int(clocked.contended.isna().sum())
+    if unmeasured:
+        notes.append(f"{unmeasured} rows record no machine load (written before loads were recorded), so whether "
+                     f"other processes shared the machine while they were timed is unknown")
     return notes
 
 
@@ -73,7 +79,7 @@ def _skipped_notes(skipped: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _gaps(frame: pd.DataFrame, manifest: dict) -> list[str]:
+def _gaps(frame: pd.DataFrame, manifest: dict, baseline: str) -> list[str]:
     """Missing or partial cells: listed but empty, fewer questions than the fullest cell, temperatures not run."""
     notes = [f"sweep {i + 1} ({' '.join(s.get('argv', []))}) ended with status {s.get('status', 'unfinished')}"
              for i, s in enumerate(manifest.get("sweeps", [])) if s.get("status") != "complete"]
@@ -89,8 +95,8 @@ def _gaps(frame: pd.DataFrame, manifest: dict) -> list[str]:
         for (_, _, method), n in group.items():
             if n < full:
                 notes.append(f"{suite} {method} T={temperature:g}: partial, {n} of {full} questions")
-        if "vanilla" not in group.index.get_level_values(2):
-            notes.append(f"{suite} T={temperature:g}: no vanilla baseline, so no speedup")
+        if baseline not in group.index.get_level_values(2):
+            notes.append(f"{suite} T={temperature:g}: no {baseline} baseline, so no speedup")
     for suite, cells in frame.groupby("suite"):
         temperatures = set(cells.temperature)
         for method, rows in cells.groupby("method"):
@@ -100,7 +106,8 @@ def _gaps(frame: pd.DataFrame, manifest: dict) -> list[str]:
     return notes
 
 
-def load_runs(paths: list[Path]) -> list[Run]:
+def load_runs(paths: list[Path], baseline: str | None = None) -> list[Run]:
+    """Every run directory under paths; ``baseline`` overrides each manifest's speedup reference."""
     runs: list[Run] = []
     taken: set[str] = set()
     for run_dir in find_run_dirs(paths):
@@ -108,14 +115,15 @@ def load_runs(paths: list[Path]) -> list[Run]:
         taken.add(name)
         manifest = json.loads((run_dir / "manifest.json").read_text())
         damage: list[str] = []
-        every = metrics.load_frame(iter_result_files([run_dir]), damage)
-        notes = _gaps(every, manifest) + damage + _row_notes(every)
+        reference = baseline or baseline_of(manifest)
+        every = metrics.load_frame(iter_result_files([run_dir]), damage, reference)
+        notes = _gaps(every, manifest, reference) + damage + _row_notes(every)
         frame = _answered(every) if not every.empty else every
         if frame.empty:
             notes.append("no result rows yet")
         else:
             frame.insert(0, "run", name)
-        runs.append(Run(name, run_dir, manifest, frame, notes))
+        runs.append(Run(name, run_dir, manifest, frame, reference, notes))
     return runs
 
 

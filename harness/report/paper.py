@@ -3,7 +3,8 @@ measured values on the line under each published row.
 
 Published numbers come only from reports/published/anchors.toml (see its header for the layout); a cell
 the file gives as a status (pending-primary, unconfirmed, ...) is shown as that status, never filled.
-Ours come from stats.cell_stats, so they carry this run's estimators, named in every caption.
+Ours come from stats.cell_stats, so they carry this run's estimators, named in every caption; a last
+table gives our paired τ verdicts between the paper's methods (stats.paired) in the same columns.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import UserError
-from harness.report.tables import GAP, Table, estimator
+from harness.metrics import PAIRED_INTERVAL
+from harness.report.tables import GAP, Table, estimator, signed
 
 ANCHORS = Path(__file__).resolve().parents[2] / "reports" / "published" / "anchors.toml"
 STATUSES = ("pending-primary", "unconfirmed", "not-reported", "unknown")
+RELATIONS = (">", ">=", "<")
 
 
 def load_anchors(path: Path = ANCHORS) -> dict:
@@ -38,6 +41,11 @@ def load_anchors(path: Path = ANCHORS) -> dict:
                     bad = [v for v in values if isinstance(v, str) and v not in STATUSES]
                     if bad or (row.get("status") and row["status"] not in STATUSES):
                         raise UserError(f"{path}: {name} {row['method']}: unknown status {bad or row['status']}")
+    for claim in anchors.get("claims", []):
+        missing = {"claim", "method", "reference", "relation", "source"} - set(claim)
+        if missing or claim["relation"] not in RELATIONS:
+            raise UserError(f"{path}: claim {claim.get('claim', '?')}: needs claim, method, reference, source and a "
+                            f"relation in {', '.join(RELATIONS)}")
     return anchors
 
 
@@ -48,7 +56,13 @@ def _norm(name: str) -> str:
 class Measured:
     """Our (speedup, τ) per run, suite or suite task, temperature and method, looked up by anchor names."""
 
-    def __init__(self, cells: pd.DataFrame, task_cells: pd.DataFrame) -> None:
+    def __init__(self, cells: pd.DataFrame, task_cells: pd.DataFrame, pairs: pd.DataFrame | None = None,
+                 task_pairs: pd.DataFrame | None = None) -> None:
+        self.pairs: dict[tuple, object] = {}
+        for frame, by_task in ((pairs, False), (task_pairs, True)):
+            for r in (frame if frame is not None else pd.DataFrame()).itertuples(index=False):
+                key = (r.run, _norm(r.suite), _norm(r.task) if by_task else "", float(r.temperature))
+                self.pairs[(*key, r.method, r.reference)] = r
         self.values: dict[tuple, tuple[float, float]] = {}
         self.labels: dict[str, str] = {}
         for frame, by_task in ((cells, False), (task_cells, True)):
@@ -60,6 +74,20 @@ class Measured:
 
     def has(self, run: str, temperature: float, method: str) -> bool:
         return any(k[0] == run and k[3] == temperature and k[4] == method for k in self.values)
+
+    def pair(self, run: str, specs: list[str], temperature: float, method: str, reference: str) -> str | None:
+        """Our paired τ difference method - reference on the first matching suite (or task), with its verdict."""
+        for spec in specs:
+            suite, _, task = spec.partition(":")
+            key = (run, _norm(suite), _norm(task), temperature)
+            found, sign = self.pairs.get((*key, method, reference)), 1
+            if found is None:
+                found, sign = self.pairs.get((*key, reference, method)), -1
+            if found is not None and not pd.isna(found.tau_diff):
+                low, high = sorted((sign * found.tau_lo, sign * found.tau_hi))
+                word = "above" if low > 0 else "below" if high < 0 else "n.d."
+                return f"{signed(sign * found.tau_diff, low, high)} {word}"
+        return None
 
     def get(self, run: str, specs: list[str], temperature: float, method: str) -> tuple[float, float] | None:
         for spec in specs:
@@ -143,5 +171,33 @@ def paper_tables(name: str, anchors: dict, measured: Measured, runs: list) -> tu
                        + f". Confidence: {spec['confidence']}. {ours_note}")
             tables.append(Table(f"paper_{name}_{number}_{t_title.replace('=', '').replace(' ', '_')}",
                                 f"{spec['name']}, {t_title}", caption, frame))
+    verdicts = _paired_table(name, paper, aliases, measured)
+    tables += [verdicts] if verdicts is not None else []
     notes = [f"- {note}" for note in paper.get("notes", [])]
     return paper["title"], [f"Published numbers from reports/published/anchors.toml ({paper['reference']})."] + notes, tables
+
+
+def _paired_table(name: str, paper: dict, aliases: dict, measured: Measured) -> Table | None:
+    """Our paired τ differences between every two of the paper's methods that we ran, in the paper's columns
+    (its first table's layout), per run and temperature; None when fewer than two were run."""
+    spec = paper["tables"][0]
+    columns, match = spec.get("columns", paper["columns"]), spec.get("match", paper.get("match", {}))
+    methods = list(dict.fromkeys(aliases[row["method"]] for table in paper["tables"] for row in table["rows"]
+                                 if row["method"] in aliases))
+    lines = []
+    for run, temperature in sorted({(k[0], k[3]) for k in measured.pairs}):
+        ran = [m for m in methods if measured.has(run, temperature, m)]
+        for i, reference in enumerate(ran):
+            for method in ran[i + 1:]:
+                cells = [measured.pair(run, match.get(c, []), temperature, method, reference) or GAP
+                         if match.get(c) and match[c] != ["mean"] else GAP for c in columns]
+                if any(c != GAP for c in cells):
+                    lines.append([run, f"{temperature:g}", measured.labels.get(method, method),
+                                  measured.labels.get(reference, reference), *cells])
+    if not lines:
+        return None
+    frame = pd.DataFrame(lines, columns=["Run", "T", "Method", "Reference", *columns])
+    caption = (f"Ours, paired: τ of the method minus τ of the reference on the questions both answered, with its "
+               f"interval ({PAIRED_INTERVAL}); above / below: the whole interval on one side of 0; n.d.: not "
+               f"distinguishable. Columns as in the first table above; — where we have no matching results.")
+    return Table(f"paper_{name}_paired", "Our paired τ verdicts between the paper's methods", caption, frame)

@@ -60,7 +60,7 @@ class Plotter:
     def speedup_by_task(self, task_cells: pd.DataFrame, cells: pd.DataFrame, title: str, key: str,
                         caption: str) -> Figure | None:
         data = pd.concat([task_cells, cells.assign(task="overall")], ignore_index=True)
-        data = data[(data.method != "vanilla") & data.speedup.notna()]
+        data = data[(data.method != data.baseline) & data.speedup.notna()]
         if data.empty:
             return None
         temps = sorted(data.temperature.unique())
@@ -115,7 +115,8 @@ class Plotter:
         return self._save(fig, key, caption)
 
     def accept_histogram(self, hist: pd.DataFrame, title: str, key: str, caption: str) -> Figure | None:
-        hist = hist[hist.method != "vanilla"]
+        drafting = hist[hist.accept_length > 1].groupby(["run", "temperature", "method"]).size().index
+        hist = hist[hist.set_index(["run", "temperature", "method"]).index.isin(drafting)]   # vanilla commits 1 a step
         if hist.empty:
             return None
         temps = sorted(hist.temperature.unique())

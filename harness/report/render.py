@@ -69,7 +69,8 @@ def write_html(path: Path, title: str, sections: list[Section]) -> None:
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "τ": r"$\tau$", GAP: "---", "×": r"$\times$",
-          "→": r"$\rightarrow$", "–": "--", "§": r"\S{}"}
+          "→": r"$\rightarrow$", "–": "--", "§": r"\S{}", "Δ": r"$\Delta$", "†": r"$\dagger$", "‡": r"$\ddagger$",
+          "≥": r"$\geq$", "−": "-"}
 
 
 def latex_escape(text: str) -> str:

@@ -1,8 +1,10 @@
 """Numbers behind every table and plot, computed from the question frame with harness.metrics estimators.
 
 Each function returns a numeric (long) DataFrame; tables.py formats them and plots.py draws them.
-A speedup always uses the vanilla rows of the same run, suite, temperature (and task) on the questions
-both answered, never a baseline from another run. A missing baseline leaves NaN, shown as a gap.
+A speedup always uses the baseline rows (vanilla unless the manifest or --baseline names another) of
+the same run, suite, temperature (and task) on the questions both answered, never a baseline from
+another run. A missing baseline leaves NaN, shown as a gap.
+Paired differences (``paired``) compare every two methods on the questions both answered.
 Pairs whose two rows were timed by different sweeps are counted (``cross_session``) for the notes, and
 the device types of the paired rows listed: a speedup over several is refused (harness/metrics.py).
 """
@@ -16,41 +18,14 @@ KEYS = ["run", "suite", "temperature", "method"]
 LATENCY_PARTS = ["prefill", "draft", "verify", "other"]
 
 
-def label(method: str, lossless: bool) -> str:
-    """A method's name as every table and plot shows it; lossy methods are flagged."""
-    return method if lossless else f"{method} (NOT LOSSLESS)"
-
-
-def _baseline(frame: pd.DataFrame, keys: list[str], values: tuple) -> pd.DataFrame:
-    mask = frame.method == "vanilla"
-    for key, value in zip(keys, values):
-        if key != "method":
-            mask &= frame[key] == value
-    return frame[mask]
-
-
 def cell_stats(frame: pd.DataFrame, by_task: bool = False) -> pd.DataFrame:
-    """tau (pooled, with interval; macro), mean tok/s, speedup (ratio of means, with interval; total time),
-    and the T=0 same-text count, per run, suite, temperature, method (and task)."""
-    keys = KEYS + ["task"] if by_task else KEYS
-    out = []
-    for values, cell in frame.groupby(keys, sort=False):
-        mine, theirs = metrics.paired_with_vanilla(cell, _baseline(frame, keys, values))
-        tau_lo, tau_hi = metrics.tau_pooled_interval(cell)
-        sp_lo, sp_hi = metrics.speedup_interval(mine, theirs)
-        same, compared = metrics.same_text(mine, theirs)
-        entry = dict(zip(keys, values))
-        entry.update(
-            label=label(entry["method"], bool(cell.lossless.all())), lossless=bool(cell.lossless.all()),
-            questions=len(cell), paired=len(mine), tau=metrics.tau_pooled(cell), tau_lo=tau_lo, tau_hi=tau_hi,
-            tau_macro=metrics.tau_macro(cell), tps=metrics.mean_tps(cell),
-            speedup=metrics.speedup_ratio_of_means(mine, theirs), speedup_lo=sp_lo, speedup_hi=sp_hi,
-            speedup_total=metrics.speedup_total_time(mine, theirs),
-            same_text=same if entry["temperature"] == 0 and compared else None, compared=compared,
-            cross_session=metrics.cross_session_pairs(mine, theirs),
-            device_types="; ".join(metrics.device_types(mine)))
-        out.append(entry)
-    return pd.DataFrame(out)
+    """metrics.cell_stats per run, suite, temperature, method (and task): the CLI summary's numbers."""
+    return metrics.cell_stats(frame, KEYS + ["task"] if by_task else KEYS)
+
+
+def paired(frame: pd.DataFrame, by_task: bool = False) -> pd.DataFrame:
+    """metrics.paired per run, suite, temperature (and task): every pair of methods on shared questions."""
+    return metrics.paired(frame, KEYS[:-1] + ["task"] if by_task else KEYS[:-1])
 
 
 def lossless_failures(cells: pd.DataFrame) -> list[str]:
@@ -67,23 +42,22 @@ def latency(frame: pd.DataFrame) -> pd.DataFrame:
     """Milliseconds per generated token in prefill, draft, verify and other, per cell."""
     out = []
     for values, cell in frame.groupby(KEYS, sort=False):
-        out.append({**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all())),
-                    **metrics.latency_per_token(cell)})
+        out.append({**dict(zip(KEYS, values)), "label": metrics.label(values[-1], bool(cell.lossless.all())),
+                    **metrics.latency_per_token(metrics.timed(cell))})
     return pd.DataFrame(out)
 
 
 def acceptance(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(histogram of accept lengths, P(accept length > d) by depth d), long format, per cell.
 
-    Vanilla is left out of the depth table: it drafts nothing, so it has no depth 1."""
+    A method that drafts nothing (vanilla) has no step above length 1, so no depth rows."""
     hist, depth = [], []
     for values, cell in frame.groupby(KEYS, sort=False):
-        base = {**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all()))}
+        base = {**dict(zip(KEYS, values)), "label": metrics.label(values[-1], bool(cell.lossless.all()))}
         for length, share in metrics.accept_histogram(cell.accept_lengths).items():
             hist.append({**base, "accept_length": int(length), "share": share})
-        if values[-1] != "vanilla":
-            for d, p in metrics.acceptance_by_depth(cell.accept_lengths).items():
-                depth.append({**base, "depth": int(d), "p_accept": p})
+        for d, p in metrics.acceptance_by_depth(cell.accept_lengths).items():
+            depth.append({**base, "depth": int(d), "p_accept": p})
     return pd.DataFrame(hist), pd.DataFrame(depth)
 
 
@@ -94,7 +68,7 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
     scores = [c for c in frame.columns if c.startswith("score:")]
     out = []
     for values, cell in frame.groupby(KEYS, sort=False):
-        mine, theirs = metrics.paired_with_vanilla(cell, _baseline(frame, KEYS, values))
+        mine, theirs = metrics.paired_with_baseline(cell, metrics.baseline_rows(frame, KEYS, values))
         for column in scores:
             if cell[column].isna().all():
                 continue
@@ -103,7 +77,7 @@ def quality(frame: pd.DataFrame) -> pd.DataFrame:
                 value, vanilla, n = mine[column][both].mean(), theirs[column][both].mean(), int(both.sum())
             else:
                 value, vanilla, n = cell[column].mean(), float("nan"), int(cell[column].notna().sum())
-            out.append({**dict(zip(KEYS, values)), "label": label(values[-1], bool(cell.lossless.all())),
+            out.append({**dict(zip(KEYS, values)), "label": metrics.label(values[-1], bool(cell.lossless.all())),
                         "score": column.removeprefix("score:"), "value": value, "vanilla": vanilla,
                         "questions": n, "answered": len(cell)})
     return pd.DataFrame(out)

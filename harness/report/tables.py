@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.metrics import INTERVAL
+from harness.metrics import INTERVAL, PAIRED_INTERVAL, verdict
 from harness.report.load import Run
 from harness.report.stats import LATENCY_PARTS
 
@@ -64,19 +64,21 @@ def same_text(same, compared: int, lossless: bool) -> str:
 
 def summary(cells: pd.DataFrame, runs: list[Run]) -> Table:
     shown = _cell_columns(cells, len(runs) > 1)
-    shown["Questions"] = cells.questions.astype(str)
+    shown["Questions"] = [f"{n}" + (" (replayed)" if r else "") for n, r in zip(cells.questions, cells.replayed)]
     shown["τ [95% CI]"] = [interval(*v) for v in zip(cells.tau, cells.tau_lo, cells.tau_hi)]
     shown["τ macro"] = cells.tau_macro.map(num)
     shown["tok/s"] = cells.tps.map(lambda v: num(v, 1))
-    shown["Speedup [95% CI]"] = [interval(*v) + (" †" if crossed else "") for *v, crossed in
-                                 zip(cells.speedup, cells.speedup_lo, cells.speedup_hi, cells.cross_session)]
+    shown["Speedup [95% CI]"] = [interval(*v) + (" †" if crossed else "") + (" ‡" if busy else "")
+                                 for *v, crossed, busy in zip(cells.speedup, cells.speedup_lo, cells.speedup_hi,
+                                                              cells.cross_session, cells.contended)]
     shown["Speedup (total time)"] = cells.speedup_total.map(num)
     shown["Same text as vanilla (T=0)"] = [same_text(s, n, lossless) for s, n, lossless
                                            in zip(cells.same_text, cells.compared, cells.lossless)]
     caption = (f"τ: {estimator(runs, 'tau')}. τ macro: mean over questions of per-question τ (HASS). "
                f"tok/s: mean over questions of new_tokens / wall_time. Speedup: {estimator(runs, 'speedup')}. "
                f"Speedup (total time): all tokens over all time, method over vanilla. Intervals: {INTERVAL}. "
-               f"†: some pairs were timed by different sweeps (a resumed run); see the notes. "
+               f"†: some pairs were timed by different sweeps (a resumed run); ‡: some were timed while other "
+               f"processes shared the machine (not a clean timing); see the notes. Replayed rows give τ only. "
                f"Timer: {estimator(runs, 'timer_scope')}; tokens counted as {estimator(runs, 'token_count_method')}.")
     return Table("summary", "τ, throughput and speedup per method", caption, shown.reset_index(drop=True))
 
@@ -177,3 +179,72 @@ def environment(runs: list[Run]) -> Table:
     shown = shown.rename_axis("Field").reset_index()
     caption = "From each run's manifest.json; the environment is the one recorded by the run's last sweep."
     return Table("environment", "Environment and estimators", caption, shown)
+
+
+def signed(value: float, low: float, high: float, digits: int = 2) -> str:
+    """A difference with its interval, signed: +0.12 [+0.03, +0.21]."""
+    if value is None or pd.isna(value):
+        return GAP
+    if pd.isna(low):
+        return f"{value:+.{digits}f}"
+    return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def paired(pairs: pd.DataFrame, runs: list[Run], baseline: str) -> Table:
+    """Every pair of methods on the same questions: differences of τ and speedup with paired intervals."""
+    shown = _cell_columns(pairs, len(runs) > 1)
+    shown.insert(len(shown.columns), "Reference", pairs.reference_label)
+    shown["Questions"] = pairs.questions.astype(str)
+    shown["Δτ pooled [95% CI]"] = [signed(*v) for v in zip(pairs.tau_diff, pairs.tau_lo, pairs.tau_hi)]
+    shown["τ verdict"] = pairs.tau_verdict.fillna("").replace("", GAP)
+    shown["Δτ per question [95% CI]"] = [signed(*v) for v in zip(pairs.tau_q_diff, pairs.tau_q_lo, pairs.tau_q_hi)]
+    shown["above / below on"] = [f"{int(a)} / {int(b)}" for a, b in zip(pairs.tau_q_above, pairs.tau_q_below)]
+    speed = [pairs.get(c, pd.Series([float("nan")] * len(pairs))) for c in ("speedup_diff", "speedup_lo", "speedup_hi")]
+    contended = pairs.get("speed_contended", pd.Series([0] * len(pairs))).fillna(0)
+    shown["Δspeedup [95% CI]"] = [signed(*v) + (" ‡" if c else "") for *v, c in zip(*speed, contended)]
+    shown["speedup verdict"] = pairs.get("speedup_verdict", pd.Series([""] * len(pairs))).fillna("").replace("", GAP)
+    caption = (f"Method minus reference on the questions both answered (MT-bench's turns belong to their "
+               f"question). Δτ pooled: difference of τ ({estimator(runs, 'tau')}); Δτ per question: mean over "
+               f"questions of the per-question τ difference, and on how many questions the method is above / "
+               f"below. Δspeedup: difference of the two speedups over {baseline} ({estimator(runs, 'speedup')}), "
+               f"on the questions all three timed by a real decode (replayed rows have no wall time). "
+               f"Intervals: {PAIRED_INTERVAL}. Verdict: above / below when the whole interval is on one side of 0, "
+               f"else not distinguishable. ‡: some of these questions were timed while other processes shared "
+               f"the machine.")
+    return Table("paired", "Paired differences between methods", caption, shown.reset_index(drop=True))
+
+
+CLAIM_VERDICTS = {(">", "above"): "reproduced", (">", "below"): "contradicted",
+                  ("<", "below"): "reproduced", ("<", "above"): "contradicted",
+                  (">=", "above"): "reproduced", (">=", "not distinguishable"): "not contradicted (no difference detected)",
+                  (">=", "below"): "contradicted"}
+
+
+def _claim_row(pairs: pd.DataFrame, method: str, reference: str) -> tuple[pd.DataFrame, int]:
+    """The pair rows comparing method with reference, and the sign that turns them into method - reference."""
+    direct = pairs[(pairs.method == method) & (pairs.reference == reference)]
+    if not direct.empty:
+        return direct, 1
+    return pairs[(pairs.method == reference) & (pairs.reference == method)], -1
+
+
+def claims(pairs: pd.DataFrame, claim_list: list[dict], runs: list[Run]) -> Table:
+    """Each published claim (method > reference in τ, ...) against our paired τ verdict, per suite and T."""
+    lines = []
+    for claim in claim_list:
+        found, sign = _claim_row(pairs, claim["method"], claim["reference"])
+        if found.empty:
+            lines.append([claim["claim"], GAP, GAP, GAP, GAP, "not measured here", claim["source"]])
+        for r in found.itertuples():
+            diff, low, high = (sign * r.tau_diff, *sorted((sign * r.tau_lo, sign * r.tau_hi)))
+            outcome = CLAIM_VERDICTS.get((claim["relation"], verdict(low, high)), "not distinguishable")
+            where = f"{r.run}: {r.suite}" if len(runs) > 1 else r.suite
+            lines.append([claim["claim"], where, f"{r.temperature:g}", str(r.questions), signed(diff, low, high),
+                          outcome, claim["source"]])
+    frame = pd.DataFrame(lines, columns=["Claim", "Suite", "T", "Questions", "Δτ (method − reference) [95% CI]",
+                                         "Here", "Claimed by"])
+    caption = (f"Published claims about τ (reports/published/anchors.toml [[claims]]) against our paired "
+               f"difference on each suite and temperature. Intervals: {PAIRED_INTERVAL}. Reproduced: the whole "
+               f"interval lies on the claimed side of 0; contradicted: on the other side; for ≥, an interval "
+               f"around 0 does not contradict it; not distinguishable otherwise: more questions are needed.")
+    return Table("claims", "Published claims, tested here", caption, frame)
