@@ -57,7 +57,7 @@ def test_an_interrupted_run_resumes_without_repeating_or_losing_a_question(tiny_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", flaky)
+    monkeypatch.setattr(decode, "generate", flaky)
     with pytest.raises(KeyboardInterrupt):
         runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",)), argv=["first"])
     path = answer_file(tmp_path / "run", "tiny-words", "vanilla", 0.0)
@@ -65,7 +65,7 @@ def test_an_interrupted_run_resumes_without_repeating_or_losing_a_question(tiny_
     assert [r["question_id"] for r in first] == [0, 1]   # question 1 has two turns: calls 1-3
     with open(path, "a") as handle:                        # a kill in the middle of a write
         handle.write('{"question_id": 2, "choi')
-    monkeypatch.setattr(runner, "generate", real)
+    monkeypatch.setattr(decode, "generate", real)
     runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",)), argv=["second"])
     rows = read_rows(path)
     assert [r["question_id"] for r in rows] == [0, 1, 2, 3, 4]
@@ -83,7 +83,6 @@ def test_other_settings_in_the_same_run_dir_are_refused(tiny_dir, tmp_path):
     (["run", "--methods", "pld", "--suite", "nosuch"], "unknown suite 'nosuch'"),
     (["run", "--methods", "pld", "--suite", "tiny-words", "--target", "/no/such/model.gguf"], "does not exist"),
     (["run", "--methods", "pld", "--suite", "tiny-words", "--target", "no-such-org/no-such-model"], "unknown target"),
-    (["run", "--methods", "pld", "--batch-size", "4"], "batch-size 1"),
     (["run", "--methods", "pld", "--opt", "pld.nonsense=3", "--suite", "tiny-words"], "has no option nonsense"),
 ])
 def test_user_errors_are_one_line_without_traceback(argv, message, capsys, tiny_dir, tmp_path):
