@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from harness import decode, runner
 from harness.cli import main
@@ -10,9 +11,10 @@ from harness.drafter import METHODS
 from harness.errors import UserError
 from harness.records import answer_file, read_rows
 from harness.report import build
+from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.verify import Verifier
-from tests.tiny import tiny_plan
+from tests.tiny import tiny_plan, tiny_target
 
 
 @SUITES.register("tiny-words")
@@ -146,6 +148,15 @@ def test_hf_generate_samples_at_temperature_one(tiny_dir, tmp_path):
     choice = rows[0]["choices"][0]
     assert len(rows) == 2 and sum(choice["new_tokens"]) > 0
     assert set(choice["accept_lengths"]) == {1}, "one token per target forward"
+
+
+@pytest.mark.parametrize("method", ["hf-generate", "vanilla"])
+def test_a_prompt_that_fills_the_context_is_refused_alike_by_the_loop_and_a_whole_turn_row(method):
+    """The runner turns PromptTooLong into a skipped row, whichever turn decoder a method has."""
+    decoder = METHODS.get(method)(tiny_target("llama", max_len=16)).turn_decoder()
+    with pytest.raises(decode.PromptTooLong, match="does not fit max_len 16"):
+        decoder.decode_turn(torch.full((16,), 5), max_new_tokens=4, stop_ids=frozenset({1}), sampling=SamplingParams(),
+                            rng=torch.Generator())
 
 
 class SecondChoiceVerifier(Verifier):
