@@ -32,7 +32,7 @@ def load(directory: str | Path, method: str, fingerprint: dict,
     if not config_path.is_file() or not (directory / "model.safetensors").is_file():
         raise UserError(f"{directory} is not a draft checkpoint (needs config.json and model.safetensors)")
     config = json.loads(config_path.read_text())
-    if config.get("method") not in (method, *also, *config.get("compatible_methods", [])):
+    if config.get("method") not in (method, *also):
         raise UserError(f"{directory} is a {config.get('method')!r} checkpoint, not {method!r}")
     check_fingerprint(config.get("target", {}), fingerprint, directory)
     return load_file(str(directory / "model.safetensors")), config

@@ -80,7 +80,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="fixed-shape tree forwards: static (eager, padded) or a torch.compile mode; "
                         "reduce-overhead records CUDA graphs on a GPU")
     p.add_argument("--compile-bucket", type=int, default=256, help="attention window granularity for --compile")
-    p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--allow-code-exec", action="store_true", help="score suites that execute model output")
     p.add_argument("--stack", choices=("harness", "vllm"), default="harness",
                    help="harness: this harness's decoding loop (batch 1); vllm: serve the prompts with vLLM "
@@ -99,8 +98,6 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
 
     if args.stack == "vllm":
         return _serve(args, argv)
-    if args.batch_size != 1:
-        raise UserError("only --batch-size 1 is supported (the field's standard for speculative decoding)")
     if args.cluster and not args.workers:
         raise UserError("--cluster needs --workers N (how many workers to run on it)")
     plan = runner.Plan(
@@ -205,14 +202,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
     import dataclasses
 
-    from harness.drafter import METHODS
+    from harness.learned import learned
     from harness.target import Target
     from harness.train import distributed, trainer
     from harness.train.data import FeatureData
 
-    method = METHODS.get(args.method)
-    if not hasattr(method, "training_setup"):
-        raise UserError(f"method {method.name!r} has nothing to train")
+    method = learned(args.method, "train")
     preset = args.preset or ("gpu" if torch.cuda.is_available() else "cpu")
     config = dataclasses.replace(trainer.PRESETS[preset], **_key_values(args.set, trainer.TrainConfig))
     loss = {key: value for key, value in (_key_value(pair) for pair in args.loss)}
@@ -240,12 +235,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace, argv: list[str]) -> None:
-    from harness.drafter import METHODS
+    from harness.learned import learned
     from harness.target import Target
 
-    method = METHODS.get(args.method)
-    if not hasattr(method, "export"):
-        raise UserError(f"method {method.name!r} has no exportable checkpoint format")
+    method = learned(args.method, "export")
     target = Target.load(args.target)
     net = method.load_net(target, args.checkpoint)
     print(f"exported: {method.export(net, target, args.out, args.format, getattr(torch, args.dtype))}")
@@ -305,8 +298,7 @@ def _list(args: argparse.Namespace, argv: list[str]) -> None:
     for name in METHODS.names():
         cls = METHODS.get(name)
         aliases = METHODS.aliases(name)
-        tag = "" if cls.lossless else "  [NOT LOSSLESS]"
-        print(f"  {name:<{width}} {cls.summary}{tag}" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
+        print(f"  {name:<{width}} {cls.summary}" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     print("suites:")
     for name in SUITES.names():
         print(f"  {name:<{width}} {(SUITES.get(name).__doc__ or '').strip().splitlines()[0]}")

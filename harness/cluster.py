@@ -94,15 +94,14 @@ class SweepWorker:
         self.target = runner.load_target(plan)
         check = selfcheck.require(self.target, plan.seed)
         validate.check_context(plan, self.target)
-        self.drafters = validate.build_drafters(self.checked, self.target)
-        self.verifiers = {method: drafter.verifier() for method, drafter in self.drafters.items()}
+        self.decoders = validate.build_decoders(self.checked, self.target)
         self.stops = chat.stop_ids(self.target.tokenizer, getattr(self.target.model, "generation_config", None))
         self.identity = {**env.worker(self.target.device), "session": self.session}
         self.warm: set[tuple] = set()
         settings = plan.settings(self.target)
         return {"settings": settings, "agree": settings, "target_check": check.as_dict(), "worker": self.identity,
-                "drafters": {m: {"options": d.settings(), "checkpoint": d.checkpoint, "lossless": d.lossless}
-                             for m, d in self.drafters.items()}}
+                "drafters": {m: {"options": d.method.settings(), "checkpoint": d.method.checkpoint,
+                                 "lossless": d.lossless} for m, d in self.decoders.items()}}
 
     def work(self, unit: "Unit") -> list[dict]:
         """The unit's rows, one per method, in the order given (vanilla first)."""
@@ -111,11 +110,11 @@ class SweepWorker:
         sampling = SamplingParams(unit.temperature, plan.top_p, plan.top_k)
         rows = []
         for method in unit.methods:
-            drafter, verifier = self.drafters[method], self.verifiers[method]
+            decoder = self.decoders[method]
             if (unit.suite, unit.temperature, method) not in self.warm:   # once per cell and worker
-                runner.warm_up(plan, self.target, drafter, verifier, self.questions[unit.suite], self.stops, sampling)
+                runner.warm_up(plan, self.target, decoder, self.questions[unit.suite], self.stops, sampling)
                 self.warm.add((unit.suite, unit.temperature, method))
-            rows.append(runner.answer_row(plan, self.target, suite, unit.question, drafter, verifier, self.stops,
+            rows.append(runner.answer_row(plan, self.target, suite, unit.question, decoder, self.stops,
                                           sampling, unit.scored, self.identity))
         return rows
 

@@ -1,24 +1,29 @@
-"""The decoding loop shared by every method: prefill, then draft, verify, commit, accept.
+"""What the runner times for one turn (TurnDecoder), and the loop every drafting method shares.
 
-It knows no method, no suite and no text: token ids in, token ids, acceptance lengths and stage
-times out. The prefill forward counts as a step that emits one token (the first root), so for every
-method sum(accept_lengths) == len(tokens) and vanilla's accept_lengths are all 1.
+``generate`` is that loop: prefill, then draft, verify, commit, accept. It knows no method, no suite
+and no text: token ids in, token ids, acceptance lengths and stage times out. The prefill forward
+counts as a step that emits one token (the first root), so for every method sum(accept_lengths) ==
+len(tokens) and vanilla's accept_lengths are all 1. ``Speculative`` joins a drafter to it; a reference
+row that decodes whole turns by other means (a library's own generate) is a TurnDecoder of its own.
 """
 from __future__ import annotations
 
 import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from harness.drafter import Drafter
 from harness.errors import UserError
 from harness.sampling import SamplingParams, sample, to_probs
 from harness.target import ContextFull, Target
-from harness.tree import DraftTree
 from harness.verify import Verifier
+
+if TYPE_CHECKING:
+    from harness.drafter import Drafter
+    from harness.method import Method
 
 
 @dataclass
@@ -52,27 +57,50 @@ class PromptTooLong(UserError):
     goes on; any other caller gets the one-line error it got from Target.prefill before."""
 
 
-class WholeTurnBaseline(Drafter):
-    """A reference row that decodes whole turns by other means (no tree, no verifier), timed like the
-    methods, so tables can show how the harness's vanilla loop compares with a library's own loop."""
+class TurnDecoder(ABC):
+    """One method's way of answering a turn, as the runner times it. It alone says whether its output
+    is the target's own (``lossless``), which labels every row it makes."""
 
-    def propose(self, root: Tensor) -> DraftTree:
-        raise TypeError(f"{self.name} decodes whole turns; it has no draft tree")
+    method: Method   # the registered method it decodes for: name, settings, checkpoint
+
+    @property
+    @abstractmethod
+    def lossless(self) -> bool:
+        """False when the output distribution may differ from the target's (a lossy acceptance rule)."""
 
     @abstractmethod
-    def generate_turn(self, prompt: Tensor, *, max_new_tokens: int, stop_ids: frozenset[int],
-                      sampling: SamplingParams, rng: torch.Generator) -> Generation:
-        """The turn's new tokens (cut after a stop token), one accepted token per target forward."""
+    def decode_turn(self, prompt: Tensor, *, max_new_tokens: int, stop_ids: frozenset[int],
+                    sampling: SamplingParams, rng: torch.Generator) -> Generation:
+        """The turn's new tokens for prompt [T] (cut after a stop token); PromptTooLong when it does not fit."""
+
+
+class Speculative(TurnDecoder):
+    """A drafter in the shared loop, checked by its own acceptance rule (whose ``lossless`` it reports)."""
+
+    def __init__(self, drafter: Drafter) -> None:
+        self.method = self.drafter = drafter
+        self.verifier = drafter.verifier()
+
+    @property
+    def lossless(self) -> bool:
+        return self.verifier.lossless
+
+    def decode_turn(self, prompt: Tensor, *, max_new_tokens: int, stop_ids: frozenset[int],
+                    sampling: SamplingParams, rng: torch.Generator) -> Generation:
+        return generate(self.drafter.target, self.drafter, self.verifier, prompt, max_new_tokens=max_new_tokens,
+                        stop_ids=stop_ids, sampling=sampling, rng=rng)
+
+
+def check_prompt_fits(target: Target, prompt: Tensor) -> None:
+    """PromptTooLong when a prompt of [T] tokens leaves no room in the target's context."""
+    if prompt.shape[-1] >= target.max_len:
+        raise PromptTooLong(f"prompt of {prompt.shape[-1]} tokens does not fit max_len {target.max_len}")
 
 
 def generate(target: Target, drafter: Drafter, verifier: Verifier, prompt: Tensor, *, max_new_tokens: int,
              stop_ids: frozenset[int], sampling: SamplingParams, rng: torch.Generator) -> Generation:
     """Decode one turn for prompt [T]; batch size 1. PromptTooLong when the prompt leaves no room."""
-    if prompt.shape[-1] >= target.max_len:
-        raise PromptTooLong(f"prompt of {prompt.shape[-1]} tokens does not fit max_len {target.max_len}")
-    if isinstance(drafter, WholeTurnBaseline):
-        return drafter.generate_turn(prompt, max_new_tokens=max_new_tokens, stop_ids=stop_ids, sampling=sampling,
-                                     rng=rng)
+    check_prompt_fits(target, prompt)
     sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     gen = Generation()
     start = time.perf_counter()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 import pkgutil
 from importlib.metadata import entry_points
 from typing import Callable, Generic, TypeVar
@@ -80,10 +79,3 @@ class Registry(Generic[T]):
             hint = f"; did you mean: {', '.join(close)}?" if close else ""
             raise UserError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})")
         return self._classes[key]
-
-    def origin(self, name: str) -> str:
-        cls = self.get(name)
-        try:
-            return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
-        except (OSError, TypeError):
-            return cls.__module__

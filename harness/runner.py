@@ -5,9 +5,9 @@ and data before the model loads, then its context, the run folder and every draf
 before the first cell, and the target passes the lossless self-check (harness/selfcheck.py).
 Within each (suite, temperature) the baseline (vanilla) runs first, so every speedup has a baseline from the
 same run on the same stack. A question already in a cell's answer file is skipped, so rerunning a
-command resumes it. One run at a time holds a run directory; every row names the sweep (session)
-that timed it. A question that cannot run (a prompt longer than the context) becomes a row that
-says why, and the sweep goes on. Every row names the host, process and device that timed it.
+command resumes it. One run at a time holds a run directory. Every row names the sweep (session),
+host, process and device that timed it, and how busy the machine was. A question that cannot run (a
+prompt longer than the context) becomes a row that says why, and the sweep goes on.
 With ``workers`` the questions run on Ray workers (harness/cluster.py) and this process writes their rows.
 """
 from __future__ import annotations
@@ -23,14 +23,12 @@ import torch
 from tqdm import tqdm
 
 from harness import chat, env, machine_load, selfcheck, validate
-from harness.decode import PromptTooLong, generate
-from harness.drafter import Drafter
+from harness.decode import PromptTooLong, TurnDecoder
 from harness.records import (DEFAULT_BASELINE, Manifest, RowWriter, answer_file, comparable_settings, make_row,
                              make_skipped_row, new_session, read_rows, run_dir_lock)
 from harness.sampling import SamplingParams
 from harness.suite import Question, Suite
 from harness.target import Target
-from harness.verify import Verifier
 
 WARMUP_MAX_NEW_TOKENS = 64
 
@@ -88,11 +86,11 @@ def run(plan: Plan, argv: list[str]) -> Path:
     check = selfcheck.require(target, plan.seed)   # before anything is measured or written
     settings = plan.settings(target)
     run_dir = run_dir_for(plan, settings)
-    # One drafter per method for the whole sweep, all built (checkpoints read) before anything is
-    # written: start() resets each per sequence, and compiled steps (--compile) are built once.
-    drafters = validate.after_load(checked, target, run_dir)
+    # One turn decoder per method for the whole sweep, all built (checkpoints read) before anything is
+    # written: a drafter's start() resets it per sequence, and compiled steps (--compile) are built once.
+    decoders = validate.after_load(checked, target, run_dir)
     with run_dir_lock(run_dir):
-        _sweep(plan, argv, run_dir, settings, target, drafters, suites, questions, check.as_dict())
+        _sweep(plan, argv, run_dir, settings, target, decoders, suites, questions, check.as_dict())
     return run_dir
 
 
@@ -110,7 +108,7 @@ def run_dir_for(plan: Plan, settings: dict) -> Path:
     return plan.out or plan.results_root / f"{_slug(settings['target'])}-{digest}"
 
 
-def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, drafters: dict[str, Drafter],
+def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, decoders: dict[str, TurnDecoder],
            suites: dict[str, Suite], questions: dict[str, list[Question]], target_check: dict) -> None:
     session = new_session()
     manifest = Manifest.open(run_dir, settings, env.capture(), argv, session, plan.baseline)
@@ -123,12 +121,12 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
         for suite_name, suite in suites.items():
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
-                for method, drafter in drafters.items():   # the baseline first
+                for method, decoder in decoders.items():   # the baseline first
                     path = answer_file(run_dir, suite_name, method, temperature)
-                    manifest.add_cell(cell_entry(run_dir, suite_name, temperature, method, drafter.settings(),
-                                                 drafter.checkpoint, drafter.lossless))
+                    manifest.add_cell(cell_entry(run_dir, suite_name, temperature, method, decoder.method.settings(),
+                                                 decoder.method.checkpoint, decoder.lossless))
                     before = machine_load.sample()
-                    if _run_cell(plan, target, suite, questions[suite_name], drafter, sampling, path, worker):
+                    if _run_cell(plan, target, suite, questions[suite_name], decoder, sampling, path, worker):
                         manifest.add_cell_load({"suite": suite_name, "method": method, "temperature": temperature},
                                                machine_load.between(before, machine_load.sample()))
         status = "complete"
@@ -153,7 +151,7 @@ def scoring(plan: Plan, suite: Suite) -> bool:
     return True
 
 
-def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], drafter: Drafter,
+def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], decoder: TurnDecoder,
               sampling: SamplingParams, path: Path, worker: dict) -> int:
     """Answer the cell's questions that have no row yet; return how many ran."""
     done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
@@ -161,43 +159,43 @@ def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question
     if not todo:
         return 0
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
-    verifier = drafter.verifier()
-    warm_up(plan, target, drafter, verifier, questions, stops, sampling)
+    warm_up(plan, target, decoder, questions, stops, sampling)
     scored = scoring(plan, suite)
-    label = f"{suite.name} {drafter.name} T={sampling.temperature:g}"
+    label = f"{suite.name} {decoder.method.name} T={sampling.temperature:g}"
     with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
                                           file=sys.stderr, dynamic_ncols=True) as bar:
         for question in todo:
-            writer.write(answer_row(plan, target, suite, question, drafter, verifier, stops, sampling, scored, worker))
+            writer.write(answer_row(plan, target, suite, question, decoder, stops, sampling, scored, worker))
             bar.update(1)
     return len(todo)
 
 
-def answer_row(plan: Plan, target: Target, suite: Suite, question: Question, drafter: Drafter, verifier: Verifier,
+def answer_row(plan: Plan, target: Target, suite: Suite, question: Question, decoder: TurnDecoder,
                stops: frozenset[int], sampling: SamplingParams, scored: bool, worker: dict) -> dict:
     """One question's row: its answers timed turn by turn, or the reason it could not run. ``worker`` names
     the host, process, device and timing session; ``load`` how busy the machine was meanwhile."""
+    method = decoder.method.name
     common = dict(question_id=int(question.id) if question.id.isdigit() else question.id,
                   category=question.category, task=question.group,
-                  model_id=f"{target.model_id}-{drafter.name}-temperature-{sampling.temperature:g}",
-                  method=drafter.name, suite=suite.name, temperature=sampling.temperature,
+                  model_id=f"{target.model_id}-{method}-temperature-{sampling.temperature:g}",
+                  method=method, suite=suite.name, temperature=sampling.temperature,
                   session=worker["session"], question_hash=question.text_hash)
     before = machine_load.sample()
     try:
-        texts, gens, walls = _answer(plan, target, drafter, verifier, suite.name, question, stops, sampling)
+        texts, gens, walls = _answer(plan, target, decoder, suite.name, question, stops, sampling)
     except PromptTooLong as exc:
         tqdm.write(f"note: {suite.name} question {question.id} skipped: {exc}", file=sys.stderr)
         row = make_skipped_row(**common, reason=str(exc))
     else:
         scores = suite.score(question, texts) if scored else {}
         row = make_row(**common, turns=texts, generations=gens, wall_times=walls, scores=scores,
-                       lossless=drafter.lossless)
+                       lossless=decoder.lossless)
     row.load = machine_load.between(before, machine_load.sample())
     row.worker = {key: value for key, value in worker.items() if key != "session"}
     return row.to_json()
 
 
-def _answer(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, suite: str, question: Question,
+def _answer(plan: Plan, target: Target, decoder: TurnDecoder, suite: str, question: Question,
             stops: frozenset[int], sampling: SamplingParams) -> tuple[list[str], list, list[float]]:
     """Every turn of one question: (answer texts, Generations, wall times); PromptTooLong names the turn."""
     messages, texts, gens, walls = [], [], [], []
@@ -207,8 +205,8 @@ def _answer(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, su
         rng = torch.Generator().manual_seed(_seed(plan.seed, suite, question.id, turn))
         start = time.perf_counter()
         try:
-            gen = generate(target, drafter, verifier, prompt, max_new_tokens=plan.max_new_tokens,
-                           stop_ids=stops, sampling=sampling, rng=rng)
+            gen = decoder.decode_turn(prompt, max_new_tokens=plan.max_new_tokens, stop_ids=stops, sampling=sampling,
+                                      rng=rng)
         except PromptTooLong as exc:
             raise PromptTooLong(f"turn {turn + 1}: {exc}" if len(question.turns) > 1 else str(exc)) from None
         walls.append(time.perf_counter() - start)
@@ -227,15 +225,15 @@ def _fitting_first_turn(target: Target, questions: list[Question]) -> str | None
     return None
 
 
-def warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, questions: list[Question],
+def warm_up(plan: Plan, target: Target, decoder: TurnDecoder, questions: list[Question],
             stops: frozenset[int], sampling: SamplingParams) -> None:
     """plan.warmup untimed generations before a cell, on the first question that fits the context."""
     text = _fitting_first_turn(target, questions)
     for _ in range(plan.warmup if text is not None else 0):
-        _warm_up(plan, target, drafter, verifier, text, stops, sampling)
+        _warm_up(plan, target, decoder, text, stops, sampling)
 
 
-def _warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, text: str, stops: frozenset[int],
+def _warm_up(plan: Plan, target: Target, decoder: TurnDecoder, text: str, stops: frozenset[int],
              sampling: SamplingParams) -> None:
     """Untimed generations before a cell. Under --compile they also build every graph the timed ones
     need: the tree sizes seen at the first windows of the target's cache, and a prompt long enough to
@@ -243,15 +241,14 @@ def _warm_up(plan: Plan, target: Target, drafter: Drafter, verifier: Verifier, t
     prompt = chat.render(target.tokenizer, [{"role": "user", "content": text}])
     rng = torch.Generator().manual_seed(plan.seed)
     budget = min(plan.max_new_tokens, WARMUP_MAX_NEW_TOKENS)
-    gen = generate(target, drafter, verifier, prompt, max_new_tokens=budget, stop_ids=stops, sampling=sampling, rng=rng)
+    gen = decoder.decode_turn(prompt, max_new_tokens=budget, stop_ids=stops, sampling=sampling, rng=rng)
     if target.compile_mode == "off":
         return
     target.warm_up_fixed_shapes(set(gen.tree_sizes))
     repeats = target.bucket // max(len(prompt), 1) + 2
     long_prompt = chat.render(target.tokenizer, [{"role": "user", "content": " ".join([text] * repeats)}])
     if len(long_prompt) + 2 * budget < target.max_len:
-        generate(target, drafter, verifier, long_prompt, max_new_tokens=budget, stop_ids=stops, sampling=sampling,
-                 rng=rng)
+        decoder.decode_turn(long_prompt, max_new_tokens=budget, stop_ids=stops, sampling=sampling, rng=rng)
 
 
 def _first(questions: list[Question], limit: int | None, per_task: bool) -> list[Question]:

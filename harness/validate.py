@@ -23,7 +23,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from harness import sandbox
-from harness.drafter import METHODS, Drafter, parse_options
+from harness.decode import TurnDecoder
+from harness.learned import LearnedDrafter
+from harness.method import METHODS, Method, parse_options
 from harness.errors import UserError
 from harness.records import read_rows
 from harness.sampling import SamplingParams
@@ -71,11 +73,11 @@ def before_load(plan: "Plan") -> Checked:
     return Checked(plan=plan, methods=methods, suites=suites, questions=questions)
 
 
-def after_load(checked: Checked, target: Target, run_dir: Path) -> dict[str, Drafter]:
-    """What needs the loaded target; returns every method's drafter, built and ready."""
+def after_load(checked: Checked, target: Target, run_dir: Path) -> dict[str, TurnDecoder]:
+    """What needs the loaded target; returns every method's turn decoder, built and ready."""
     check_context(checked.plan, target)
     check_run_dir(checked, run_dir)
-    return build_drafters(checked, target)
+    return build_decoders(checked, target)
 
 
 def check_context(plan: "Plan", target: Target) -> None:
@@ -93,11 +95,11 @@ def check_run_dir(checked: Checked, run_dir: Path) -> None:
         check_recorded_texts(run_dir, name, questions)
 
 
-def build_drafters(checked: Checked, target: Target) -> dict[str, Drafter]:
-    """Every method's drafter on this target, vanilla first (a Ray worker builds its own)."""
+def build_decoders(checked: Checked, target: Target) -> dict[str, TurnDecoder]:
+    """Every method's turn decoder on this target, the baseline first (a Ray worker builds its own)."""
     plan = checked.plan
-    return {method: build_drafter(method, target, plan.checkpoints.get(method), plan.options.get(method, {}))
-            for method in checked.methods}
+    return {method: build_method(method, target, plan.checkpoints.get(method),
+                                 plan.options.get(method, {})).turn_decoder() for method in checked.methods}
 
 
 def _check_numbers(plan: "Plan") -> None:
@@ -203,14 +205,13 @@ def check_checkpoint_files(method: str, where: Path) -> None:
                             f"it again") from exc
 
 
-def build_drafter(method: str, target: Target, checkpoint: str | None, options: dict) -> Drafter:
-    """The method's drafter; a checkpoint that cannot be read becomes one line naming it."""
+def build_method(method: str, target: Target, checkpoint: str | None, options: dict) -> Method:
+    """The method on this target; a checkpoint that cannot be read becomes one line naming it."""
     cls = METHODS.get(method)
     where = None
-    if cls.needs_checkpoint and checkpoint != RANDOM_CHECKPOINT:
-        default = getattr(cls, "default_checkpoint", None)
-        where = Path(checkpoint) if checkpoint else (default(target) if default else None)
-        if where is not None and where.exists():
+    if issubclass(cls, LearnedDrafter) and checkpoint != RANDOM_CHECKPOINT:
+        where = Path(checkpoint) if checkpoint else cls.default_checkpoint(target)
+        if where.exists():
             check_checkpoint_files(method, where)
     try:
         return cls(target, checkpoint, **options)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +33,11 @@ from torch import Tensor, nn
 
 from harness.drafter import METHODS
 from harness.errors import UserError
+from harness.learned import Accepts
 from harness.target import Target
 from methods import _eagle_io as eagle_io
 from methods._eagle_train import EagleLoss, EagleObjective
-from methods.eagle2 import CHECKPOINTS, EagleNet, EagleOptions
+from methods.eagle2 import EagleNet, EagleOptions
 from methods.hass import Hass
 
 GROUPINGS = ("bisect", "frequency", "contiguous")
@@ -225,9 +227,9 @@ class Coral(Hass):
     # ---- checkpoints and training -----------------------------------------------------------------
 
     @classmethod
-    def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
+    def build_net(cls, target: Target, architecture: Mapping[str, Any] | None = None) -> nn.Module:
         """From a checkpoint's architecture; without one (``random``), defaults shrunk to fit small vocabularies."""
-        arch = (config or {}).get("architecture", {})
+        arch = architecture or {}
         vocab = target.vocab_size
         always_on = arch.get("always_on", min(cls.loss_defaults.always_on, vocab // 8))
         num_groups = arch.get("num_groups", min(cls.loss_defaults.num_groups, (vocab - always_on) // 8))
@@ -274,8 +276,8 @@ class FullHeadOptions(CoralOptions):
 class CoralFullHead(Coral):
     summary = "CORAL ablation: the committed CORAL draft scoring the whole vocabulary (no LM-head grouping)"
     Options = FullHeadOptions
-    reads_checkpoints_of = ("coral",)
+    accepts = Accepts(run=("coral",), warm_start=Coral.accepts.warm_start)
 
     @classmethod
     def default_checkpoint(cls, target: Target) -> Path:
-        return CHECKPOINTS / target.model_id.replace("/", "--") / "coral"
+        return Coral.default_checkpoint(target)

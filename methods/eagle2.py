@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import copy
 import inspect
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from harness import static_shapes
-from harness.drafter import METHODS, Drafter
-from harness.errors import UserError
+from harness.drafter import METHODS
 from harness.kvcache import SlotCache, cache_keyword
+from harness.learned import Accepts, LearnedDrafter
 from harness.sampling import SamplingParams
 from harness.target import Target, TargetOut
 from harness.tree import DraftTree
@@ -33,7 +33,6 @@ from harness.verify import Verdict
 from methods import _eagle_io as eagle_io
 from methods._eagle_train import EagleLoss, EagleObjective
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 FIXED_CONTEXT_MAX = 32   # longer context passes (the prompt's) run eagerly at their exact size
 
 
@@ -96,16 +95,13 @@ def additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 @METHODS.register("eagle2", "eagle-2", "eagle")
-class Eagle2(Drafter):
+class Eagle2(LearnedDrafter):
     summary = "EAGLE-2: feature-level draft with a dynamic top-k tree (needs a trained checkpoint)"
     Options = EagleOptions
-    needs_checkpoint = True
     net_class = EagleNet
-    reads_checkpoints_of: tuple[str, ...] = ()   # other method names whose checkpoints this class loads as is
 
     def __init__(self, target: Target, checkpoint: str | None = None, **options) -> None:
-        super().__init__(target, checkpoint, **options)
-        self.net = self.load_net(target, checkpoint)
+        super().__init__(target, checkpoint, **options)   # self.net, read from the checkpoint
         extra = (self.options.depth + 1) * self.options.top_k + 8
         self.cache = SlotCache(1, target.max_len + extra)
         self.stable = 0
@@ -115,55 +111,26 @@ class Eagle2(Drafter):
         self._compiled_level = None if mode == "static" else static_shapes.compiled(self._level_step, mode)
         self._fixed_context = static_shapes.compiled(self._context_step, mode)
 
-    # ---- checkpoints ------------------------------------------------------------------------------
-
-    @classmethod
-    def default_checkpoint(cls, target: Target) -> Path:
-        return CHECKPOINTS / target.model_id.replace("/", "--") / cls.name
-
-    @classmethod
-    def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
-        return cls.net_class(target.model, bias=(config or {}).get("architecture", {}).get("bias", True))
-
-    @classmethod
-    def load_net(cls, target: Target, checkpoint: str | None) -> nn.Module:
-        """A net from a harness checkpoint; ``random`` gives an untrained one (tests, smoke runs)."""
-        if checkpoint == "random":
-            torch.manual_seed(0)
-            net = cls.build_net(target)
-        else:
-            where = Path(checkpoint) if checkpoint else cls.default_checkpoint(target)
-            if not where.exists():
-                raise UserError(f"{cls.name} needs a trained draft for {target.model_id!r}: pass --checkpoint "
-                                f"{cls.name}=DIR (train one: python -m harness train --method {cls.name})")
-            tensors, config = eagle_io.read_checkpoint(where, cls.name, target.fingerprint(), cls.reads_checkpoints_of)
-            net = cls.build_net(target, config)
-            missing, unexpected = net.load_state_dict(tensors, strict=False)
-            if missing or unexpected:
-                raise UserError(f"checkpoint {where} does not fit {cls.name}: missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]}")
-        return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
-
-    @classmethod
-    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
-               dtype: torch.dtype = torch.float16) -> Path:
-        """The EAGLE layout as the EAGLE repo, vLLM or SGLang reads it (methods/_eagle_io.py, docs/engines.md)."""
-        return eagle_io.export(net.state_dict(), target, Path(out), flavor, dtype)
-
-    # ---- training (harness/train/trainer.py calls these) --------------------------------------------
+    # ---- the learned-drafter contract (harness/learned.py) ----------------------------------------
 
     loss_defaults: EagleLoss = EagleLoss()
     objective_class: type[EagleObjective] = EagleObjective
-    # Drafts with EAGLE-2's network whose harness checkpoints can start a training run (--init).
-    warm_start_family: tuple[str, ...] = ("eagle2", "hass", "coral")
+    # Drafts with EAGLE-2's network whose harness checkpoints can start a training run (--init): the HASS
+    # two-stage schedule, or continuing a committed EAGLE-2 draft under another objective.
+    accepts = Accepts(warm_start=("eagle2", "hass", "coral"))
 
     @classmethod
-    def loss_config(cls, **overrides) -> dict:
-        try:
-            return dataclasses.asdict(dataclasses.replace(cls.loss_defaults, **overrides))
-        except TypeError as exc:
-            valid = ", ".join(f.name for f in dataclasses.fields(cls.loss_defaults))
-            raise UserError(f"unknown loss option for {cls.name}: {exc} (valid: {valid})") from exc
+    def build_net(cls, target: Target, architecture: Mapping[str, Any] | None = None) -> nn.Module:
+        return cls.net_class(target.model, bias=(architecture or {}).get("bias", True))
+
+    @classmethod
+    def architecture(cls, net: nn.Module) -> dict:
+        return {"bias": net.fc.bias is not None}
+
+    @classmethod
+    def read_checkpoint(cls, where: Path, target: Target, also: tuple[str, ...]) -> tuple[dict[str, Tensor], dict]:
+        """A harness checkpoint or a released EAGLE / EAGLE-2 / HASS folder (methods/_eagle_io.py)."""
+        return eagle_io.read_checkpoint(where, cls.name, target.fingerprint(), also)
 
     @classmethod
     def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[nn.Module, EagleObjective]:
@@ -172,28 +139,10 @@ class Eagle2(Drafter):
         return net, cls.objective_class(target.embed, target.lm_head, loss)
 
     @classmethod
-    def warm_start(cls, net: nn.Module, target: Target, init: Path) -> None:
-        """Start training from a checkpoint of this method or of an EAGLE-2-network sibling (the HASS
-        two-stage schedule, or continuing a committed EAGLE-2 draft under another objective)."""
-        tensors, _ = eagle_io.read_checkpoint(Path(init), cls.name, target.fingerprint(), also=cls.warm_start_family)
-        state = cls.adapt_warm_start(net, {k: v.float() for k, v in tensors.items()})
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if unexpected or set(missing) - set(cls.fresh_keys(net)):
-            raise UserError(f"{init} cannot start {cls.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-    @classmethod
-    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Map a sibling's weights onto this method's net; EAGLE-2's network needs no mapping."""
-        return tensors
-
-    @classmethod
-    def fresh_keys(cls, net: nn.Module) -> list[str]:
-        """Parameters a warm start may leave at their initial values (parts the sibling lacks)."""
-        return []
-
-    @classmethod
-    def architecture(cls, net: nn.Module) -> dict:
-        return {"bias": net.fc.bias is not None}
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
+               dtype: torch.dtype = torch.float16) -> Path:
+        """The EAGLE layout as the EAGLE repo, vLLM or SGLang reads it (methods/_eagle_io.py, docs/engines.md)."""
+        return eagle_io.export(net.state_dict(), target, Path(out), flavor, dtype)
 
     # ---- drafting ---------------------------------------------------------------------------------
 

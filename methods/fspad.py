@@ -27,6 +27,7 @@ not load. vLLM and SGLang have no FSPAD model class: FSPAD drafts are not export
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -106,9 +107,9 @@ class Fspad(Eagle2):
     partial_alignment = True
 
     @classmethod
-    def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
+    def build_net(cls, target: Target, architecture: Mapping[str, Any] | None = None) -> nn.Module:
         """Flags from the checkpoint's ``architecture``; a released FSPAD-layout draft has none: the class's."""
-        arch = (config or {}).get("architecture", {})
+        arch = architecture or {}
         return cls.net_class(target.model, bias=arch.get("bias", True),
                              feature_sampling=arch.get("feature_sampling", cls.feature_sampling),
                              partial_alignment=arch.get("partial_alignment", cls.partial_alignment))

@@ -1,6 +1,6 @@
 """transformers ``model.generate`` as a reference row: the target decoding with the library's own loop.
 
-Not a drafting method: it shows where the harness's vanilla loop (the speedup denominator) stands
+Not a drafting method but a TurnDecoder of its own (harness/decode.py): no tree, no verifier. It shows where the harness's vanilla loop (the speedup denominator) stands
 against the loop most users know, measured in the same run on the same stack. Greedy output equals
 vanilla's; sampled output follows the same distribution but draws from torch's global generator
 (seeded from the turn's seed), so sampled text differs from vanilla's draw for draw.
@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig
 
-from harness.decode import Generation, WholeTurnBaseline
+from harness.decode import Generation, TurnDecoder, check_prompt_fits
 from harness.drafter import METHODS
+from harness.method import Method
 from harness.errors import UserError
 from harness.sampling import SamplingParams
 
@@ -28,18 +29,25 @@ class HFGenerateOptions:
 
 
 @METHODS.register("hf-generate", "transformers-generate")
-class HFGenerate(WholeTurnBaseline):
+class HFGenerate(Method, TurnDecoder):
     summary = "reference: transformers model.generate on the same target (not a drafting method)"
     Options = HFGenerateOptions
+    lossless = True   # the target's own decoding: greedy text equals vanilla's, sampled text its distribution
 
     def __init__(self, target, checkpoint: str | None = None, **options) -> None:
         super().__init__(target, checkpoint, **options)
         if self.options.cache not in CACHES:
             raise UserError(f"hf-generate.cache must be one of {', '.join(CACHES)}, got {self.options.cache!r}")
+        self.method = self
+
+    def turn_decoder(self) -> TurnDecoder:
+        return self
 
     @torch.no_grad()
-    def generate_turn(self, prompt: Tensor, *, max_new_tokens: int, stop_ids: frozenset[int],
-                      sampling: SamplingParams, rng: torch.Generator) -> Generation:
+    def decode_turn(self, prompt: Tensor, *, max_new_tokens: int, stop_ids: frozenset[int],
+                    sampling: SamplingParams, rng: torch.Generator) -> Generation:
+        """The whole turn in one model.generate call, booked as verify time (one accepted token per forward)."""
+        check_prompt_fits(self.target, prompt)
         model, device = self.target.model, self.target.device
         draw = {} if sampling.greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
                                            "top_k": sampling.top_k}

@@ -19,10 +19,10 @@ the copies into separate blocks computes the same function. Training: ``python -
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from harness import checkpoint as ckpt
-from harness.drafter import METHODS, Drafter
+from harness.drafter import METHODS
 from harness.errors import UserError
+from harness.learned import LearnedDrafter
 from harness.sampling import SamplingParams, sample, to_probs
 from harness.target import Target, TargetOut
 from harness.train.data import Batch
@@ -39,7 +40,6 @@ from harness.tree import DraftTree
 from harness.verify import Verdict, Verifier
 from methods._medusa_trees import build_buffers, choices_from_accuracies, default_top1
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 RELEASED_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
@@ -163,20 +163,17 @@ class MedusaObjective:
 
 
 @METHODS.register("medusa")
-class Medusa(Drafter):
+class Medusa(LearnedDrafter):
     summary = "Medusa-1: extra heads on the target's last feature, static top-k tree (needs a checkpoint)"
     Options = MedusaOptions
-    needs_checkpoint = True
 
     def __init__(self, target: Target, checkpoint: str | None = None, **options) -> None:
         super().__init__(target, checkpoint, **options)
         opts = self.options
         if opts.acceptance not in ("exact", "typical"):
             raise UserError(f"medusa.acceptance must be 'exact' or 'typical', not {opts.acceptance!r}")
-        self.lossless = opts.acceptance == "exact"
-        self.net, config = self.load(target, checkpoint)
-        heads = len(self.net.heads)
-        evals = config.get("training", {}).get("evals") or [{}]
+        heads = len(self.net.heads)   # self.net and self.draft_config: harness/learned.py, from the checkpoint
+        evals = self.draft_config.get("training", {}).get("evals") or [{}]
         top1 = [evals[-1].get(f"top1_depth{k + 1}", a) for k, a in enumerate(default_top1(heads))]
         try:
             self.tree = build_buffers(opts.choices or choices_from_accuracies(top1, opts.tree_size, opts.top_k))
@@ -186,14 +183,13 @@ class Medusa(Drafter):
             raise UserError(f"the tree is {self.tree.heads} deep but the checkpoint has {heads} heads")
         self.feature: Tensor | None = None
 
-    # ---- checkpoints ------------------------------------------------------------------------------
+    # ---- the learned-drafter contract (harness/learned.py) ----------------------------------------
+
+    loss_defaults = MedusaLoss()
 
     @classmethod
-    def default_checkpoint(cls, target: Target) -> Path:
-        return CHECKPOINTS / target.model_id.replace("/", "--") / cls.name
-
-    @classmethod
-    def build_net(cls, target: Target, arch: dict) -> MedusaNet:
+    def build_net(cls, target: Target, architecture: Mapping[str, Any] | None = None) -> MedusaNet:
+        arch = architecture or {}
         net = MedusaNet(target.hidden_size, target.vocab_size, arch.get("heads", 4), arch.get("layers", 1),
                         own_projection=not arch.get("share_lm_head", True))
         if net.own_projection:   # start each head as the target's head (REFERENCE §1.7, Medusa-2 init)
@@ -202,40 +198,15 @@ class Medusa(Drafter):
         return net
 
     @classmethod
-    def load(cls, target: Target, checkpoint: str | None) -> tuple[MedusaNet, dict]:
-        """The net and the config of a checkpoint; ``random`` gives untrained heads (tests, smoke runs)."""
-        if checkpoint == "random":
-            torch.manual_seed(0)
-            net, config = cls.build_net(target, {}), {}
-        else:
-            where = Path(checkpoint) if checkpoint else cls.default_checkpoint(target)
-            if not where.exists():
-                raise UserError(f"medusa needs trained heads for {target.model_id!r}: pass --checkpoint "
-                                f"medusa=DIR (train them: python -m harness train --method medusa)")
-            if any((where / name).is_file() for name in RELEASED_FILES):
-                tensors, config = read_released(where, target.fingerprint())
-            else:
-                tensors, config = ckpt.load(where, cls.name, target.fingerprint())
-            net = cls.build_net(target, config.get("architecture", {}))
-            missing, unexpected = net.load_state_dict(tensors, strict=False)
-            if missing or unexpected:
-                raise UserError(f"checkpoint {where} does not fit medusa: missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]}")
-        return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False), config
+    def architecture(cls, net: MedusaNet) -> dict:
+        return {"heads": len(net.heads), "layers": net.layers, "share_lm_head": not net.own_projection}
 
     @classmethod
-    def load_net(cls, target: Target, checkpoint: str | None) -> MedusaNet:
-        return cls.load(target, checkpoint)[0]
-
-    # ---- training (harness/train/trainer.py calls these) --------------------------------------------
-
-    @classmethod
-    def loss_config(cls, **overrides) -> dict:
-        try:
-            return dataclasses.asdict(MedusaLoss(**overrides))
-        except TypeError as exc:
-            valid = ", ".join(f.name for f in dataclasses.fields(MedusaLoss))
-            raise UserError(f"unknown loss option for medusa: {exc} (valid: {valid})") from exc
+    def read_checkpoint(cls, where: Path, target: Target, also: tuple[str, ...]) -> tuple[dict[str, Tensor], dict]:
+        """A harness checkpoint, or a released folder with ``medusa_lm_head.pt`` (or ``.safetensors``)."""
+        if any((where / name).is_file() for name in RELEASED_FILES):
+            return read_released(where, target.fingerprint())
+        return ckpt.load(where, cls.name, target.fingerprint(), also)
 
     @classmethod
     def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[MedusaNet, MedusaObjective]:
@@ -243,14 +214,6 @@ class Medusa(Drafter):
         arch = {"heads": cfg.heads, "layers": cfg.layers, "share_lm_head": cfg.share_lm_head}
         net = cls.build_net(target, arch).to(device=target.device, dtype=torch.float32)
         return net, MedusaObjective(target.lm_head, cfg)
-
-    @classmethod
-    def warm_start(cls, net: MedusaNet, target: Target, init: Path) -> None:
-        net.load_state_dict(cls.load_net(target, str(init)).state_dict())
-
-    @classmethod
-    def architecture(cls, net: MedusaNet) -> dict:
-        return {"heads": len(net.heads), "layers": net.layers, "share_lm_head": not net.own_projection}
 
     @classmethod
     def export(cls, net: MedusaNet, target: Target, out: Path, flavor: str, dtype: torch.dtype = torch.float16) -> Path:

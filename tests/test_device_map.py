@@ -15,7 +15,7 @@ from harness.cli import main
 from harness.decode import generate
 from harness.sampling import SamplingParams
 from harness.target import Target
-from harness.validate import build_drafter
+from harness.validate import build_method
 from tests.tiny import NoisyTreeDrafter, hf_greedy, save_tiny_target, tiny_model
 
 LAYER_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
@@ -29,8 +29,8 @@ def test_a_dispatched_target_keeps_a_cache_per_layer_and_vanilla_text():
     assert selfcheck.require(target).passed
     prompt = torch.tensor([0, 5, 6, 7, 5, 6])
     reference = hf_greedy(tiny_model("llama"), prompt, 24)
-    drafters = [NoisyTreeDrafter(target), build_drafter("eagle2", target, "random", {}),
-                build_drafter("pld", target, None, {})]
+    drafters = [NoisyTreeDrafter(target), build_method("eagle2", target, "random", {}),
+                build_method("pld", target, None, {})]
     for drafter in drafters:
         gen = generate(target, drafter, drafter.verifier(), prompt, max_new_tokens=24, stop_ids=frozenset({1}),
                        sampling=SamplingParams(), rng=torch.Generator())

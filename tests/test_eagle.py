@@ -1,11 +1,14 @@
-"""EAGLE-2: tree expansion equals sequential drafting, checkpoints round-trip, training runs end to end."""
+"""EAGLE-2: tree expansion equals sequential drafting, the state carried across steps equals a fresh
+recomputation, checkpoints round-trip, training runs end to end."""
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.decode import generate
 from harness.drafter import METHODS
 from harness.errors import UserError
 from harness.sampling import SamplingParams
+from harness.verify import Verdict, Verifier
 from methods import _eagle_io as eagle_io
 from methods.eagle2 import Eagle2, causal_mask
 from tests.tiny import tiny_target
@@ -48,6 +51,50 @@ def test_tree_expansion_scores_equal_sequential_drafting(method):
             assert abs(scores[node] - expected) < 1e-4
     assert tree.size == 25 and int(tree.depth.max()) <= 4
     assert drafter.cache.layers[0].length == len(prompt)   # expansion entries were dropped
+
+
+class RandomPathVerifier(Verifier):
+    """Accepts the path to a random node of each tree and draws a random bonus, whatever the target says: steps
+    that keep several drafts, and often a branch short of its leaf. Untrained drafts rarely get a second token
+    past the exact verifier, and greedy equality cannot see a drafter's state anyway (the verifier hides it)."""
+
+    def __init__(self, vocab: int, seed: int = 0) -> None:
+        self.vocab, self.generator = vocab, torch.Generator().manual_seed(seed)
+
+    def verify(self, tree, logits, sampling, rng) -> Verdict:
+        node = int(torch.randint(tree.size, (1,), generator=self.generator))
+        path = tree.ancestor_mask[node].nonzero().flatten()
+        bonus = int(torch.randint(2, self.vocab, (1,), generator=self.generator))
+        return Verdict(path=path, bonus=bonus, accepted=len(path) - 1)
+
+
+@pytest.mark.parametrize("method, compile_mode", [("eagle2", "off"), ("eagle2", "static"), ("fspad", "off"),
+                                                  ("coral", "off")])
+def test_the_state_carried_across_steps_equals_a_fresh_recomputation(method, compile_mode):
+    """Each step's context pass (the draft cache, its positions and the target features queued by accept())
+    must give, at the root, what the draft computes from scratch over the whole committed sequence."""
+    target = tiny_target("llama")
+    target.compile_tree_forward(compile_mode, bucket=16)
+    drafter = METHODS.get(method)(target, checkpoint="random", total_tokens=12, depth=3, top_k=3)
+    seen, context_pass = [], drafter.context_pass
+    drafter.context_pass = lambda tokens, features: seen.append(
+        (context_pass(tokens, features), drafter.stable + len(tokens))) or seen[-1][0]
+    prompt = torch.tensor([0, 17, 33, 2, 40, 41, 42, 17, 33])
+    gen = generate(target, drafter, RandomPathVerifier(target.vocab_size), prompt, max_new_tokens=40,
+                   stop_ids=frozenset(), sampling=SamplingParams(), rng=torch.Generator())
+    assert max(gen.accept_lengths) >= 3 and len(set(gen.accept_lengths)) >= 3, "steps should keep varied paths"
+    emitted = 0
+    for step, (root_out, stable) in enumerate(seen):
+        emitted += gen.accept_lengths[step]          # the last of these is the root being drafted from
+        committed = torch.cat([prompt, torch.tensor(gen.tokens[: emitted - 1], dtype=torch.long)])
+        tokens = torch.cat([committed[1:], torch.tensor(gen.tokens[emitted - 1: emitted])])
+        n = len(committed)
+        with torch.no_grad():
+            features = target.model.get_decoder()(input_ids=committed[None]).last_hidden_state
+            fresh = drafter.net(target.embed(tokens)[None], features, torch.arange(n)[None],
+                                causal_mask(n, 0, torch.float32, "cpu"))[0, -1]
+        assert stable == n, f"step {step}: the draft's positions drifted"
+        torch.testing.assert_close(root_out, fresh, atol=1e-4, rtol=1e-4, msg=lambda m: f"step {step}: {m}")
 
 
 def test_export_import_round_trip_keeps_every_weight(tmp_path):

@@ -133,13 +133,29 @@ def tiny_batch(target, samples: int = 2, length: int = 12) -> Batch:
 
 
 def test_hass_objective_runs_three_passes_forward_and_backward():
-    assert Hass.loss_config() == {**Hass.loss_config(), "passes": 3, "topk_w": 1.0, "topk": 10}
     target = tiny_target("llama")
     net, objective = Hass.training_setup(target)
     loss, logs = objective.loss(net, tiny_batch(target))
     loss.backward()
     assert {"reg1", "reg3", "ce3", "acc3"} <= set(logs) and torch.isfinite(loss)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_hass_top_k_distillation_adds_the_target_top_k_cross_entropy():
+    """topk_w weighs -sum over the target's top-K tokens of p log q, on top of EAGLE's terms (one pass, no noise)."""
+    target = tiny_target("llama")
+    net, with_topk = Hass.training_setup(target, passes=1, noise=0.0, topk=4)
+    _, without = Hass.training_setup(target, passes=1, noise=0.0, topk_w=0.0)
+    batch = tiny_batch(target)
+    embeds, features, wanted, mask = with_topk.inputs(batch, 0.0)
+    with torch.no_grad():
+        out = net(embeds, features, torch.arange(11)[None].expand(2, -1), causal_mask(11, 0, torch.float32, "cpu"))
+        p = torch.softmax(with_topk.head(wanted[mask]), -1)
+        logq = torch.log_softmax(with_topk.head(out[mask]), -1)
+        top_p, top_i = p.topk(4, dim=-1)
+        expected = -(top_p * logq.gather(-1, top_i)).sum(-1).mean()
+        difference = with_topk.loss(net, batch)[0] - without.loss(net, batch)[0]
+    assert difference.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_fspad_objective_regresses_the_regress_half_and_heads_the_predict_half():

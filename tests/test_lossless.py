@@ -17,14 +17,21 @@ def greedy(target, drafter, prompt, max_new_tokens=40):
                     sampling=SamplingParams(), rng=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", [name for name in METHODS.names() if METHODS.get(name).lossless])
-def test_every_lossless_method_matches_plain_greedy(family, method):
-    target = tiny_target(family)
+def default_decoder(target, method):
+    """A registered method with its default options (an untrained draft for learned ones), as the runner times it."""
     cls = METHODS.get(method)
-    drafter = cls(target, checkpoint="random" if cls.needs_checkpoint else None)
+    return cls(target, checkpoint="random" if cls.needs_checkpoint else None).turn_decoder()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS.names())
+def test_every_method_is_lossless_by_default_and_matches_plain_greedy(family, method):
+    target = tiny_target(family)
+    decoder = default_decoder(target, method)
+    assert decoder.lossless and decoder.method.name == method
     for prompt in PROMPTS:
-        gen = greedy(target, drafter, prompt)
+        gen = decoder.decode_turn(prompt, max_new_tokens=40, stop_ids=STOP, sampling=SamplingParams(),
+                                  rng=torch.Generator().manual_seed(0))
         assert gen.tokens == hf_greedy(target.model, prompt, 40)
         assert sum(gen.accept_lengths) == len(gen.tokens)
 

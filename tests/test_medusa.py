@@ -40,7 +40,7 @@ def test_random_heads_match_plain_greedy(family):
     # Untrained (identity) heads are covered by tests/test_lossless.py; random ones give varied trees.
     target = tiny_target(family)
     drafter = randomize(Medusa(target, checkpoint="random"))
-    assert drafter.lossless and type(drafter.verifier()).__name__ == "Verifier"
+    assert drafter.turn_decoder().lossless and type(drafter.verifier()).__name__ == "Verifier"
     gen = run(target, drafter, PROMPTS[1])
     assert gen.tokens == hf_greedy(target.model, PROMPTS[1], 40)
     assert set(gen.tree_sizes) == {64}
@@ -138,8 +138,8 @@ def test_a_checkpoint_for_another_target_is_refused(tmp_path):
 def test_typical_acceptance_is_labelled_lossy_and_greedy_at_t0():
     target = tiny_target("llama")
     drafter = randomize(Medusa(target, checkpoint="random", acceptance="typical"))
-    assert drafter.lossless is False and Medusa.lossless is True
-    assert isinstance(drafter.verifier(), TypicalVerifier) and drafter.verifier().lossless is False
+    assert isinstance(drafter.verifier(), TypicalVerifier) and drafter.turn_decoder().lossless is False
+    assert Medusa(target, checkpoint="random").turn_decoder().lossless is True
     assert run(target, drafter, PROMPTS[0]).tokens == hf_greedy(target.model, PROMPTS[0], 40)
     assert run(target, drafter, PROMPTS[0], temperature=1.0, max_new_tokens=10).stop_reason
     with pytest.raises(UserError, match="acceptance"):

@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from harness import decode, runner
 from harness.cli import main
@@ -10,9 +11,10 @@ from harness.drafter import METHODS
 from harness.errors import UserError
 from harness.records import answer_file, read_rows
 from harness.report import build
+from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.verify import Verifier
-from tests.tiny import tiny_plan
+from tests.tiny import tiny_plan, tiny_target
 
 
 @SUITES.register("tiny-words")
@@ -62,7 +64,7 @@ def test_an_interrupted_run_resumes_without_repeating_or_losing_a_question(tiny_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "generate", flaky)
+    monkeypatch.setattr(decode, "generate", flaky)
     with pytest.raises(KeyboardInterrupt):
         runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",)), argv=["first"])
     path = answer_file(tmp_path / "run", "tiny-words", "vanilla", 0.0)
@@ -70,7 +72,7 @@ def test_an_interrupted_run_resumes_without_repeating_or_losing_a_question(tiny_
     assert [r["question_id"] for r in first] == [0, 1]   # question 1 has two turns: calls 1-3
     with open(path, "a") as handle:                        # a kill in the middle of a write
         handle.write('{"question_id": 2, "choi')
-    monkeypatch.setattr(runner, "generate", real)
+    monkeypatch.setattr(decode, "generate", real)
     runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",)), argv=["second"])
     rows = read_rows(path)
     assert [r["question_id"] for r in rows] == [0, 1, 2, 3, 4]
@@ -88,7 +90,6 @@ def test_other_settings_in_the_same_run_dir_are_refused(tiny_dir, tmp_path):
     (["run", "--methods", "pld", "--suite", "nosuch"], "unknown suite 'nosuch'"),
     (["run", "--methods", "pld", "--suite", "tiny-words", "--target", "/no/such/model.gguf"], "does not exist"),
     (["run", "--methods", "pld", "--suite", "tiny-words", "--target", "no-such-org/no-such-model"], "unknown target"),
-    (["run", "--methods", "pld", "--batch-size", "4"], "batch-size 1"),
     (["run", "--methods", "pld", "--opt", "pld.nonsense=3", "--suite", "tiny-words"], "has no option nonsense"),
 ])
 def test_user_errors_are_one_line_without_traceback(argv, message, capsys, tiny_dir, tmp_path):
@@ -153,6 +154,15 @@ def test_hf_generate_samples_at_temperature_one(tiny_dir, tmp_path):
     choice = rows[0]["choices"][0]
     assert len(rows) == 2 and sum(choice["new_tokens"]) > 0
     assert set(choice["accept_lengths"]) == {1}, "one token per target forward"
+
+
+@pytest.mark.parametrize("method", ["hf-generate", "vanilla"])
+def test_a_prompt_that_fills_the_context_is_refused_alike_by_the_loop_and_a_whole_turn_row(method):
+    """The runner turns PromptTooLong into a skipped row, whichever turn decoder a method has."""
+    decoder = METHODS.get(method)(tiny_target("llama", max_len=16)).turn_decoder()
+    with pytest.raises(decode.PromptTooLong, match="does not fit max_len 16"):
+        decoder.decode_turn(torch.full((16,), 5), max_new_tokens=4, stop_ids=frozenset({1}), sampling=SamplingParams(),
+                            rng=torch.Generator())
 
 
 class SecondChoiceVerifier(Verifier):

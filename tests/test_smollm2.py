@@ -1,5 +1,4 @@
 """Integration on the embedded default target, SmolLM2-135M-Instruct (real weights, fp32 on CPU)."""
-import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,18 @@ def smol():
         pytest.skip(f"SmolLM2 not available: {exc}")
 
 
-def test_a_second_load_uses_the_converted_cache(smol):
-    start = time.perf_counter()
+def test_a_second_load_reads_the_converted_cache_not_the_gguf(smol, monkeypatch):
+    from harness import loading
+
+    reads, real = [], loading.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained",
+                        lambda where, **kwargs: reads.append((Path(where), kwargs.get("gguf_file"))) or real(where, **kwargs))
     again = Target.load("smollm2-135m")
-    assert time.perf_counter() - start < 10
+    assert [gguf for _, gguf in reads] == [None], "the GGUF file was de-quantised again"
+    assert (reads[0][0] / "harness_source.json").is_file() and "cached as" in again.source
     assert again.vocab_size == 49152 and again.fingerprint()["hidden_size"] == 576
+    for (name, mine), theirs in zip(smol.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(mine, theirs), name
 
 
 def test_the_default_targets_file_under_another_path_keeps_its_name_and_drafts(smol, tmp_path):

@@ -128,7 +128,7 @@ def test_a_bad_checkpoint_is_one_line_and_the_corrected_command_runs_into_the_sa
         damage, message, tiny_dir, draft_dir, data, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad" if damage == "missing" else broken_copy(draft_dir, tmp_path / "bad", damage)
     cells = []
-    monkeypatch.setattr(runner, "_run_cell", lambda *args: cells.append(args[4].name))
+    monkeypatch.setattr(runner, "_run_cell", lambda *args: cells.append(args[4].method.name))
     out = tmp_path / "run"
     argv = command(tiny_dir, out, data, "--methods", "eagle2", "--checkpoint")
     err = refused(argv + [f"eagle2={bad}"], out, capsys)

@@ -22,6 +22,7 @@ import torch
 from harness import chat
 from harness.decode import generate
 from harness.drafter import METHODS
+from harness.learned import learned
 from harness.engines import venv
 from harness.errors import UserError
 from harness.loading import converted_gguf
@@ -88,7 +89,7 @@ def run(config: CheckConfig) -> dict:
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
     with tempfile.TemporaryDirectory() as scratch:
         export_dir = config.keep or Path(scratch) / "draft"
-        method = METHODS.get(config.method)
+        method = learned(config.method, "export")
         method.export(method.load_net(target, config.checkpoint), target, export_dir, "vllm", torch.float32)
         engine = venv.run_worker(interpreter, WORKER, {
             "model": str(hf_folder(target)), "draft": str(export_dir), "method": engine_method, "k": config.k,

@@ -22,6 +22,7 @@ import torch
 
 from harness import chat, env
 from harness.drafter import METHODS
+from harness.learned import learned
 from harness.engines import venv
 from harness.engines.check import hf_folder
 from harness.errors import UserError
@@ -59,7 +60,7 @@ def speculative_config(method: str, plan: ServePlan, target: Target, scratch: Pa
                 "prompt_lookup_max": int(options.get("max_ngram", defaults.max_ngram)),
                 "prompt_lookup_min": int(options.get("min_ngram", defaults.min_ngram))}
     if method in EAGLE_FAMILY:
-        cls = METHODS.get(method)
+        cls = learned(method, "export")
         draft = scratch / method
         cls.export(cls.load_net(target, plan.checkpoints.get(method)), target, draft, "vllm", torch.float32)
         return {"method": "eagle", "model": str(draft), "num_speculative_tokens": int(options.get("k", 3))}

@@ -22,6 +22,7 @@ import torch
 
 from harness import checkpoint as ckpt
 from harness import env
+from harness.learned import LearnedDrafter, Objective
 from harness.target import Target
 from harness.train import distributed
 from harness.train.data import FeatureData
@@ -52,10 +53,10 @@ PRESETS = {
 }
 
 
-def train(method_cls, target: Target, data: FeatureData, out: Path, config: TrainConfig,
+def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, out: Path, config: TrainConfig,
           loss_options: dict | None = None, init: Path | None = None) -> Path:
     """Train into ``out``; ``init`` starts from a checkpoint's weights (HASS's second stage, or a sibling
-    method's draft: the method's ``warm_start`` says which checkpoints it can start from)."""
+    method's draft: the method's ``accepts.warm_start`` says which checkpoints it can start from)."""
     ckpt.check_fingerprint(data.fingerprint, target.fingerprint(), data.directory)
     group = distributed.start()
     main = group is None or group.main
@@ -148,7 +149,7 @@ def _rank_loss(step_loss, data: FeatureData, indices: list[int], group: distribu
     return loss * share, distributed.global_logs(logs, share, group)
 
 
-def _evaluate(objective, net, data: FeatureData, held_out: list[int], config: TrainConfig, device) -> dict:
+def _evaluate(objective: Objective, net: torch.nn.Module, data: FeatureData, held_out: list[int], config: TrainConfig, device) -> dict:
     net.eval()
     totals: dict[str, list[int]] = {}
     for batch in data.batches(held_out, config.batch_size, None, device):
@@ -160,7 +161,7 @@ def _evaluate(objective, net, data: FeatureData, held_out: list[int], config: Tr
     return {key: hits / max(count, 1) for key, (hits, count) in totals.items()}
 
 
-def _save(method_cls, net, target: Target, where: Path, data: FeatureData, config: TrainConfig,
+def _save(method_cls: type[LearnedDrafter], net: torch.nn.Module, target: Target, where: Path, data: FeatureData, config: TrainConfig,
           loss_options: dict | None, state: dict) -> None:
     manifest = {
         "method": method_cls.name, "target": target.fingerprint(),
