@@ -214,7 +214,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     group = distributed.start()   # under torchrun: one rank of a data-parallel run
     target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto",
                          device=group.device if group else "auto")
-    data = FeatureData(args.data, max_len=config.max_len)
+    data = FeatureData(args.data, max_len=config.max_len, max_samples=config.max_samples)
     out = trainer.train(method, target, data, args.out, config, loss, init=args.init)
     if group is None or group.main:
         print(f"checkpoint: {out}")
