@@ -248,7 +248,7 @@ def _export(args: argparse.Namespace, argv: list[str]) -> None:
 def _add_engine_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine-check", help="export a draft, run it in vLLM (chain of k drafts, T=0) and compare "
                                             "vLLM's acceptance counters and texts with the harness's")
-    p.add_argument("--method", required=True, help="eagle2, hass, coral or medusa (--k = its heads)")
+    p.add_argument("--method", required=True, help="eagle2, hass, coral, eagle3 or medusa (--k = its heads)")
     p.add_argument("--engine", choices=("vllm",), default="vllm")
     p.add_argument("--checkpoint", default=None, help="default: the committed draft for the target")
     p.add_argument("--target", default=None)

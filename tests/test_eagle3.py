@@ -215,7 +215,7 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     assert {"ce1", "ce3", "acc3"} <= set(rows[0])
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == {"draft_vocab_size": 40, "feature_layers": list(eagle3_layers(2))}
-    assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40}
+    assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40, "ce_sample": 0}
     evals = list(csv.DictReader(open(out / "eval_log.csv")))
     assert {"top1_depth1", "top1_depth3"} <= set(evals[-1])
     drafter = Eagle3(target, checkpoint=str(out), total_tokens=10, depth=2, top_k=3)
@@ -223,6 +223,19 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
         0, draft_vocabulary(data, 40, 96), True))
     prompt = torch.tensor([0, 5, 6, 7])
     assert run(target, drafter, prompt, 16).tokens == hf_greedy(target.model, prompt, 16)
+
+
+def test_ce_sample_scales_to_the_full_loss_in_expectation(tmp_path):
+    target = tiny_target("llama")
+    data = layer_data(target, tmp_path / "data")
+    batch = data.collate([0, 1, 2, 3], "cpu")
+    full_net, full = Eagle3.training_setup(target, data, draft_vocab=40, steps=2)
+    _, sampled = Eagle3.training_setup(target, data, draft_vocab=40, steps=2, ce_sample=8)
+    with torch.no_grad():
+        exact = float(full.loss(full_net, batch)[0])
+        torch.manual_seed(0)
+        estimate = sum(float(sampled.loss(full_net, batch)[0]) for _ in range(200)) / 200
+    assert abs(estimate - exact) < 0.05 * exact
 
 
 def test_training_refuses_data_without_layer_features(tmp_path):
