@@ -250,3 +250,13 @@ def test_max_samples_keeps_the_first_samples(tmp_path):
     layer_data(target, tmp_path / "data")
     first = FeatureData(tmp_path / "data", max_samples=5)
     assert len(first.samples) == 5 and torch.equal(first.samples[4][0], FeatureData(tmp_path / "data").samples[4][0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fixed_shapes_keep_greedy_output(family):
+    """Under --compile's fixed shapes (static mode: eager, padded) the taps come back from the padded forward."""
+    target = tiny_target(family, max_len=160)
+    target.compile_tree_forward("static", bucket=8)
+    drafter = Eagle3(target, checkpoint="random", total_tokens=20, depth=3, top_k=4)
+    assert drafter._fixed_context is not None
+    assert run(target, drafter, PROMPT, 60).tokens == hf_greedy(target.model, PROMPT, 60)
