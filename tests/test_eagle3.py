@@ -260,3 +260,21 @@ def test_fixed_shapes_keep_greedy_output(family):
     drafter = Eagle3(target, checkpoint="random", total_tokens=20, depth=3, top_k=4)
     assert drafter._fixed_context is not None
     assert run(target, drafter, PROMPT, 60).tokens == hf_greedy(target.model, PROMPT, 60)
+
+
+def test_inference_taps_equal_the_features_datagen_stores():
+    """Training reads datagen's ``hidden_layers`` (transformers' hidden_states[i], the inputs of layers 2, N//2,
+    N-3); drafting reads the target's taps: the same tensors, on an 8-layer target."""
+    from harness.target import Target
+    from harness.train.datagen import _features
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama", layers=8)
+    target = Target(model, tokenizer=None, model_id="tiny-8", max_len=128)
+    drafter = Eagle3(target, checkpoint="random")
+    assert drafter.net.layers == (2, 4, 5) and target.tap_layers == (1, 3, 4)
+    prompt, answer = [0, 7, 8, 9], [10, 11, 12]
+    out = target.prefill(torch.tensor(prompt + answer))
+    with torch.no_grad():
+        stored = _features(model, [answer], [prompt], eagle3_layers(8))[0][3]
+    torch.testing.assert_close(torch.cat(out.taps, dim=-1), stored.float(), atol=2e-2, rtol=2e-2)   # bf16 storage
