@@ -7,7 +7,8 @@ sources (ShareGPT, GPTeacher codegen / roleplay, GSM8K train), tokenized by the 
 measured on the target's greedy answers in a datagen folder (disjoint text: the target's answers, not the
 references). Per V_d it also reports the LM-head multiply-adds per drafted node and, unless --no-timing,
 the median time of one tree level's head (k nodes: norm, lm_head, log-softmax, top-k) and of the whole
-level (fc-free layer pass over the k nodes, no cached context, + head) with a random net; on a shared, loaded CPU these times are indicative only.
+level (fc-free layer pass over the k nodes, no cached context, + head) with a random net; on a shared,
+loaded CPU these times are indicative only.
 
 Usage: python benchmarks/eagle3_vocab.py --data DIR [--sizes 8192,16384,32768] [--texts 3000] [--json OUT]
 """

@@ -73,7 +73,8 @@ def step_mask(length: int, step: int, dtype: torch.dtype, device) -> Tensor:
     t = torch.arange(length, device=device)
     allowed = [t[None, :] <= t[:, None]] + [t[None, :] == t[:, None]] * step
     allowed = torch.cat(allowed, dim=1)
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def shift(x: Tensor, by: int) -> Tensor:

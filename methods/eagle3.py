@@ -24,7 +24,6 @@ checkpoint layout in methods/_eagle3_io.py; docs/methods.md has the eagle3 secti
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +193,6 @@ class Eagle3(Eagle2):
 
     loss_defaults: Eagle3Loss = Eagle3Loss()
     objective_class = Eagle3Objective
-    warm_start_family: tuple[str, ...] = ()
 
     @classmethod
     def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
@@ -203,7 +201,7 @@ class Eagle3(Eagle2):
         arch = (config or {}).get("architecture") or {}
         layers = tuple(arch.get("feature_layers") or eagle3_layers(target.config.num_hidden_layers))
         if "draft_vocab_size" in arch:
-            vocab = torch.arange(int(arch["draft_vocab_size"]))   # placeholder ids; the checkpoint's d2t/t2d load over it
+            vocab = torch.arange(int(arch["draft_vocab_size"]))   # placeholder: the checkpoint's d2t/t2d load over it
         else:
             vocab = torch.randperm(target.vocab_size)[:min(DEFAULT_DRAFT_VOCAB, target.vocab_size // 2)]
         return Eagle3Net(target.model, vocab, layers)
@@ -223,11 +221,12 @@ class Eagle3(Eagle2):
         return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
 
     @classmethod
-    def read(cls, target: Target, where: Path, also: tuple[str, ...] = ()) -> nn.Module:
+    def read(cls, target: Target, where: Path) -> nn.Module:
+        """A net with the weights of a harness checkpoint or a released EAGLE-3 folder (methods/_eagle3_io.py)."""
         if eagle3_io.is_released_layout(where):
             tensors, config = eagle3_io.read_released(where, target.fingerprint(), target.config)
         else:
-            tensors, config = ckpt.load(where, cls.name, target.fingerprint(), also)
+            tensors, config = ckpt.load(where, cls.name, target.fingerprint())
         net = cls.build_net(target, config)
         missing, unexpected = net.load_state_dict(tensors, strict=False)
         if missing or unexpected:
@@ -242,14 +241,6 @@ class Eagle3(Eagle2):
         return eagle3_io.export(net, target, Path(out), flavor, dtype)
 
     @classmethod
-    def loss_config(cls, **overrides) -> dict:
-        try:
-            return dataclasses.asdict(dataclasses.replace(cls.loss_defaults, **overrides))
-        except TypeError as exc:
-            valid = ", ".join(f.name for f in dataclasses.fields(cls.loss_defaults))
-            raise UserError(f"unknown loss option for {cls.name}: {exc} (valid: {valid})") from exc
-
-    @classmethod
     def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[nn.Module, Eagle3Objective]:
         """The draft vocabulary is the V_d most frequent answer tokens of ``data``; the fused layers are the
         ones the data was made with (``datagen --feature-layers eagle3``)."""
@@ -260,12 +251,13 @@ class Eagle3(Eagle2):
         else:
             layers = data_layers(data, target.config.num_hidden_layers)
             net = Eagle3Net(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
-        return net.to(device=target.device, dtype=torch.float32), Eagle3Objective(target, loss)
+        return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss)
 
     @classmethod
     def warm_start(cls, net: nn.Module, target: Target, init: Path) -> None:
         """Continue from an EAGLE-3 draft (harness or released layout); its vocabulary replaces the data's."""
-        state = {k: v.float() if v.is_floating_point() else v for k, v in cls.read(target, Path(init)).state_dict().items()}
+        state = {k: v.float() if v.is_floating_point() else v
+                 for k, v in cls.read(target, Path(init)).state_dict().items()}
         if state["d2t"].shape != net.d2t.shape:
             raise UserError(f"{init} has a draft vocabulary of {state['d2t'].shape[0]} tokens, this run "
                             f"{net.d2t.shape[0]}: pass --loss draft_vocab={state['d2t'].shape[0]}")
