@@ -55,7 +55,7 @@ def read_released(directory: Path, fingerprint: dict, target_config) -> tuple[di
         tensors = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise UserError(f"{directory} has config.json but neither model.safetensors nor pytorch_model.bin")
-    saved = {"model_id": config.get("_name_or_path", str(directory)), "vocab_size": config.get("vocab_size"),
+    saved = {"model_id": config.get("_name_or_path") or str(directory), "vocab_size": config.get("vocab_size"),
              "hidden_size": config.get("hidden_size")}
     ckpt.check_fingerprint(saved, fingerprint, directory)
     for key in SHAPE_KEYS:
