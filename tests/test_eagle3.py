@@ -278,3 +278,26 @@ def test_inference_taps_equal_the_features_datagen_stores():
     with torch.no_grad():
         stored = _features(model, [answer], [prompt], eagle3_layers(8))[0][3]
     torch.testing.assert_close(torch.cat(out.taps, dim=-1), stored.float(), atol=2e-2, rtol=2e-2)   # bf16 storage
+
+
+def test_cli_datagen_train_export_and_run(shared_data, tiny_dir, tmp_path):
+    """The commands of docs/methods.md end to end on the tiny target: datagen with the layer features, train
+    on the first samples, export for vLLM, and a run whose eagle3 text equals vanilla's (exit 0)."""
+    from harness.cli import main
+    import tests.test_runner  # noqa: F401  registers the tiny-words suite
+
+    data, draft = tmp_path / "data", tmp_path / "draft"
+    assert main(["datagen", "--target", tiny_dir, "--out", str(data), "--prompts", "gsm8k", "--max-samples", "12",
+                 "--max-new-tokens", "12", "--batch-size", "4", "--data-dir", str(shared_data),
+                 "--feature-layers", "eagle3"]) == 0
+    assert main(["train", "--method", "eagle3", "--data", str(data), "--out", str(draft), "--target", tiny_dir,
+                 "--preset", "cpu", "--set", "max_samples=10", "--set", "epochs=1", "--set", "batch_size=4",
+                 "--loss", "draft_vocab=32", "--loss", "steps=2"]) == 0
+    config = json.loads((draft / "config.json").read_text())
+    assert config["training"]["data_samples"] == 10 and config["training"]["config"]["max_samples"] == 10
+    assert main(["export", "--method", "eagle3", "--checkpoint", str(draft), "--format", "vllm",
+                 "--target", tiny_dir, "--out", str(tmp_path / "vllm")]) == 0
+    assert json.loads((tmp_path / "vllm" / "config.json").read_text())["draft_vocab_size"] == 32
+    assert main(["run", "--methods", "eagle3", "--checkpoint", f"eagle3={draft}", "--suite", "tiny-words",
+                 "--target", tiny_dir, "--max-new-tokens", "16", "--out", str(tmp_path / "run"), "--warmup", "0",
+                 "--limit", "2", "--opt", "eagle3.total_tokens=12", "--opt", "eagle3.top_k=3"]) == 0
