@@ -177,12 +177,13 @@ class Eagle3(Eagle2):
 
     def accept(self, tree: DraftTree, verdict: Verdict, out: TargetOut) -> None:
         super().accept(tree, verdict, out)
-        self.pending_features = self.fused(out)[verdict.path.to(out.hidden.device)]
+        self.pending_features = self.fused(out, verdict.path.to(out.hidden.device))
 
-    def fused(self, out: TargetOut) -> Tensor:
+    def fused(self, out: TargetOut, rows: Tensor | None = None) -> Tensor:
+        """fc over the target's taps (at ``rows`` only: the accepted path of a tree forward)."""
         if len(out.taps) != len(self.net.layers):
             raise UserError(f"eagle3 needs the target's taps at layers {self.target.tap_layers}, got {len(out.taps)}")
-        return self.net.fuse(out.taps)
+        return self.net.fuse(out.taps if rows is None else tuple(tap[rows] for tap in out.taps))
 
     def top_tokens(self, features: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Top-k of the draft-vocabulary distribution, as target ids (cnets.py: ``topk_index + d2t[topk_index]``)."""
