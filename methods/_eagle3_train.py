@@ -37,11 +37,14 @@ NO_LAYERS = ("eagle3 trains on the target's low/mid/high layer features, which {
              "with python -m harness datagen --feature-layers eagle3")
 
 
+DEFAULT_DRAFT_VOCAB = 8192   # of SmolLM2's 49,152 ids: docs/methods.md "Draft vocabulary size"
+
+
 @dataclass(frozen=True)
 class Eagle3Loss:
     steps: int = 7                # training-time-test unroll length (cnets.py ``self.length``)
     step_weight: float = 0.8      # step i weighs step_weight ** i (main.py)
-    draft_vocab: int = 16384      # V_d, the draft LM head's size (eagle/traineagle3/config.json: 32000 of 128256)
+    draft_vocab: int = DEFAULT_DRAFT_VOCAB   # V_d, the draft head's size (traineagle3/config.json: 32000 of 128256)
     ce_sample: int = 0            # per step, the cross-entropy on at most this many random loss positions (0 = all),
                                   # scaled to the full count: the draft head dominates CPU training time
 

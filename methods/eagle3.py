@@ -41,11 +41,8 @@ from harness.train.datagen import eagle3_layers
 from harness.tree import DraftTree
 from harness.verify import Verdict
 from methods import _eagle3_io as eagle3_io
-from methods._eagle3_train import Eagle3Loss, Eagle3Objective, data_layers, draft_vocabulary
+from methods._eagle3_train import DEFAULT_DRAFT_VOCAB, Eagle3Loss, Eagle3Objective, data_layers, draft_vocabulary
 from methods.eagle2 import Eagle2, EagleOptions
-
-DEFAULT_DRAFT_VOCAB = 16384   # of SmolLM2's 49,152 ids; measured in docs/methods.md "eagle3"
-
 
 @dataclass(frozen=True)
 class Eagle3Options(EagleOptions):
