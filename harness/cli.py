@@ -215,7 +215,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     group = distributed.start()   # under torchrun: one rank of a data-parallel run
     target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto",
                          device=group.device if group else "auto")
-    data = FeatureData(args.data, max_len=config.max_len)
+    data = FeatureData(args.data, max_len=config.max_len, max_samples=config.max_samples)
     out = trainer.train(method, target, data, args.out, config, loss, init=args.init)
     if group is None or group.main:
         print(f"checkpoint: {out}")
@@ -247,7 +247,7 @@ def _export(args: argparse.Namespace, argv: list[str]) -> None:
 def _add_engine_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engine-check", help="export a draft, run it in vLLM (chain of k drafts, T=0) and compare "
                                             "vLLM's acceptance counters and texts with the harness's")
-    p.add_argument("--method", required=True, help="eagle2, hass, coral or medusa (--k = its heads)")
+    p.add_argument("--method", required=True, help="eagle2, hass, coral, eagle3 or medusa (--k = its heads)")
     p.add_argument("--engine", choices=("vllm",), default="vllm")
     p.add_argument("--checkpoint", default=None, help="default: the committed draft for the target")
     p.add_argument("--target", default=None)

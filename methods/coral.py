@@ -106,7 +106,7 @@ class CoralNet(EagleNet):
 def answer_token_counts(data, vocab: int) -> Tensor:
     """How often each token is an answer token in the training data (zeros without data)."""
     counts = torch.zeros(vocab, dtype=torch.long)
-    for ids, loss_mask, _ in (data.samples if data is not None else []):
+    for ids, loss_mask, *_ in (data.samples if data is not None else []):
         counts += torch.bincount(ids[loss_mask], minlength=vocab)[:vocab]
     return counts
 

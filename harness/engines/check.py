@@ -34,7 +34,8 @@ WORKER = Path(__file__).with_name("vllm_worker.py")
 # method -> (the harness method whose drafting the export reproduces, vLLM's method name)
 ENGINE_METHODS = {"eagle2": ("eagle2", "eagle"), "hass": ("hass", "eagle"),
                   "coral": ("coral-fullhead", "eagle"),   # no engine has CORAL's grouped head: the body only
-                  "medusa": ("medusa", "medusa")}         # vLLM drafts every head's argmax: k = the heads
+                  "medusa": ("medusa", "medusa"),         # vLLM drafts every head's argmax: k = the heads
+                  "eagle3": ("eagle3", "eagle3")}         # llama_eagle3.py: draft-vocabulary argmax via d2t
 
 
 @dataclass

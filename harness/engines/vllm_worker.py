@@ -3,7 +3,7 @@
 Reads a JSON job from argv[1] and writes a JSON result to argv[2]. Prompts go in as token ids and
 come back as token ids, so tokenisation cannot differ from the harness's. The spec-decode counters
 are vLLM's own (``LLM.get_metrics()``), read before and after the timed requests.
-Job keys: model, draft (or null), method ("eagle" | "medusa"), k, prompts (lists of ids),
+Job keys: model, draft (or null), method ("eagle" | "eagle3" | "medusa"), k, prompts (lists of ids),
 max_tokens, stop_ids, max_model_len, dtype, concurrency (list; 0 = all prompts in one batch).
 """
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Training data from datagen shards: samples in memory, a held-out split, and padded batches.
 
-A sample is (token ids [L], loss mask [L], target features [L, H]); the loss mask marks the target's
-own answer tokens. Batches are right-padded; ``valid`` marks real positions.
+A sample is (token ids [L], loss mask [L], target features [L, H]) and, in folders made with
+``datagen --feature-layers``, a fourth entry: the chosen decoder layers' inputs [L, k*H] (EAGLE-3's fused
+features; kept in bf16 until batched). The loss mask marks the target's own answer tokens. Batches are
+right-padded; ``valid`` marks real positions.
 """
 from __future__ import annotations
 
@@ -24,26 +26,38 @@ class Batch:
     hidden: Tensor     # [B, L, H] float, target features f_t
     loss_mask: Tensor  # [B, L] bool, answer tokens
     valid: Tensor      # [B, L] bool, not padding
+    layers: Tensor | None = None   # [B, L, k*H] float, decoder-layer inputs (datagen --feature-layers)
 
 
 class FeatureData:
-    def __init__(self, directory: str | Path, max_len: int = 1024) -> None:
+    def __init__(self, directory: str | Path, max_len: int = 1024, max_samples: int | None = None) -> None:
+        """``max_samples``: only the first N samples in shard order (a fixed subset of a larger folder)."""
         directory = Path(directory)
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
             raise UserError(f"{directory} is not a datagen folder (no manifest.json); run python -m harness datagen")
         self.directory = directory
         self.manifest = json.loads(manifest_path.read_text())
-        self.samples: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.samples: list[tuple[Tensor, ...]] = []
         for shard in self.manifest["shards"]:
+            if max_samples is not None and len(self.samples) >= max_samples:
+                break
             tensors = load_file(str(directory / shard["file"]))
             offsets = tensors["offsets"].tolist()
+            layers = tensors.get("hidden_layers")
             for start, end in zip(offsets, offsets[1:]):
                 end = min(end, start + max_len)
-                self.samples.append((tensors["input_ids"][start:end].long(), tensors["loss_mask"][start:end].bool(),
-                                     tensors["hidden"][start:end]))
+                sample = (tensors["input_ids"][start:end].long(), tensors["loss_mask"][start:end].bool(),
+                          tensors["hidden"][start:end])
+                self.samples.append(sample if layers is None else (*sample, layers[start:end]))
+        self.samples = self.samples[:max_samples]
         if not self.samples:
             raise UserError(f"{directory} holds no samples")
+
+    @property
+    def feature_layers(self) -> tuple[str, ...]:
+        """The ``--feature-layers`` the folder was made with (empty: final-norm features only)."""
+        return tuple(self.manifest["settings"].get("feature_layers") or ())
 
     @property
     def fingerprint(self) -> dict:
@@ -75,14 +89,19 @@ class FeatureData:
         return self._collate([self.samples[i] for i in indices], device)
 
     @staticmethod
-    def _collate(samples: list[tuple[Tensor, Tensor, Tensor]], device) -> Batch:
+    def _collate(samples: list[tuple[Tensor, ...]], device) -> Batch:
         width = max(s[0].shape[0] for s in samples)
         hidden_size = samples[0][2].shape[1]
         ids = torch.zeros(len(samples), width, dtype=torch.long)
         hidden = torch.zeros(len(samples), width, hidden_size)
         loss_mask = torch.zeros(len(samples), width, dtype=torch.bool)
         valid = torch.zeros(len(samples), width, dtype=torch.bool)
-        for row, (tokens, mask, features) in enumerate(samples):
+        with_layers = all(len(s) > 3 for s in samples)
+        layers = torch.zeros(len(samples), width, samples[0][3].shape[1]) if with_layers else None
+        for row, (tokens, mask, features, *rest) in enumerate(samples):
             n = tokens.shape[0]
             ids[row, :n], hidden[row, :n], loss_mask[row, :n], valid[row, :n] = tokens, features.float(), mask, True
-        return Batch(ids.to(device), hidden.to(device), loss_mask.to(device), valid.to(device))
+            if layers is not None:
+                layers[row, :n] = rest[0].float()
+        return Batch(ids.to(device), hidden.to(device), loss_mask.to(device), valid.to(device),
+                     None if layers is None else layers.to(device))

@@ -103,8 +103,9 @@ class ShardWorker:
 
 def eagle3_layers(num_layers: int) -> tuple[int, ...]:
     """EAGLE-3's low / middle / high taps: the inputs of layers 2, N//2 and N-3 (SafeAILab/EAGLE@cb7e084
-    eagle/traineagle3/modeling_llama_kv.py, LlamaModel.forward)."""
-    return (2, num_layers // 2, num_layers - 3)
+    eagle/traineagle3/modeling_llama_kv.py, LlamaModel.forward), in layer order. Targets with fewer than 6
+    layers (test models) get the indices clamped to 0 .. N-1, so there are always three."""
+    return tuple(sorted(min(max(i, 0), num_layers - 1) for i in (2, num_layers // 2, num_layers - 3)))
 
 
 def resolve_layers(names: tuple[str, ...], num_layers: int) -> tuple[int, ...]:

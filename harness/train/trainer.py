@@ -44,6 +44,7 @@ class TrainConfig:
     time_budget_s: float | None = None   # stop at the next batch after this many seconds
     max_steps: int | None = None         # stop after this many optimizer steps; the schedule decays to zero there
                                          # (a compute budget that, unlike seconds, does not depend on machine load)
+    max_samples: int | None = None       # train on the data folder's first N samples only (a fixed subset)
 
 
 PRESETS = {

@@ -1,0 +1,266 @@
+"""EAGLE-3: fused low/mid/high target features, no feature regression, a reduced draft vocabulary.
+
+Network (SafeAILab/EAGLE@cb7e084 ``eagle/model/cnets.py`` ``Model`` and ``LlamaDecoderLayeremb``; the
+trainer's copy ``eagle/traineagle3/cnets.py`` is the same network; REFERENCE §1.9, arXiv 2503.01840):
+
+- the target's hidden states at the *inputs* of decoder layers 2, N//2 and N-3 (``eagle3_layers`` in
+  harness/train/datagen.py; ``Target.tap_layers`` gives layer outputs, so the taps are those layers - 1),
+  concatenated (3H) and projected by ``fc`` (3H -> H, no bias);
+- one Llama decoder layer ``midlayer`` whose attention input is [input_layernorm(e(x_{t+1})),
+  hidden_norm(h_t)] (2H wide: q/k/v read 2H, o_proj writes H); the residual is h_t itself (before
+  hidden_norm), then post_attention_layernorm and the MLP as in Llama;
+- its own final ``norm`` and ``lm_head`` over the V_d draft tokens; ``d2t`` [V_d] holds offsets
+  (target id = i + d2t[i]) and ``t2d`` [V] is a bool mask of the target ids in the draft vocabulary.
+
+The layer is always Llama's (as EAGLE-3's and the engines' drafts are), built from the target's sizes and
+rope settings, whatever the target family. Tree levels past the first feed the layer's own output (before
+``norm``) back as h, without ``fc`` (cnets.py ``topK_genrate``: ``input_hidden = out_hidden[:, out_ids]``).
+The tree is EAGLE-2's (methods/eagle2.py), with each draft-vocabulary top-k mapped to target ids, so a
+token outside the draft vocabulary is never drafted; the shared verifier is unchanged, so the output is
+the target's. Defaults 60 tokens / depth 7 / top-k 10 are the EAGLE-3-era ``ea_model.py@cb7e084``
+defaults (REFERENCE §2; EAGLE issue #209: depth 5 undersells EAGLE-3). Training (training-time test,
+the frequency-ranked draft vocabulary) is in methods/_eagle3_train.py; the released / vLLM / SGLang
+checkpoint layout in methods/_eagle3_io.py; docs/methods.md has the eagle3 section.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
+
+from harness import checkpoint as ckpt
+from harness.drafter import METHODS
+from harness.errors import UserError
+from harness.kvcache import cache_keyword
+from harness.target import Target, TargetOut
+from harness.train.datagen import eagle3_layers
+from harness.tree import DraftTree
+from harness.verify import Verdict
+from methods import _eagle3_io as eagle3_io
+from methods._eagle3_train import DEFAULT_DRAFT_VOCAB, Eagle3Loss, Eagle3Objective, data_layers, draft_vocabulary
+from methods.eagle2 import Eagle2, EagleOptions
+
+@dataclass(frozen=True)
+class Eagle3Options(EagleOptions):
+    total_tokens: int = 60
+    depth: int = 7
+    top_k: int = 10
+
+
+def draft_layer_config(target_config) -> LlamaConfig:
+    """A one-layer LlamaConfig with the target's sizes, norm epsilon and (full-attention) rope settings."""
+    hidden, heads = target_config.hidden_size, target_config.num_attention_heads
+    rope = getattr(target_config, "rope_parameters", None)
+    if isinstance(rope, dict) and "full_attention" in rope:   # families with one rope per layer type
+        rope = rope["full_attention"]
+    config = LlamaConfig(vocab_size=target_config.vocab_size, hidden_size=hidden,
+                         intermediate_size=target_config.intermediate_size, num_hidden_layers=1,
+                         num_attention_heads=heads,
+                         num_key_value_heads=getattr(target_config, "num_key_value_heads", None) or heads,
+                         head_dim=getattr(target_config, "head_dim", None) or hidden // heads,
+                         hidden_act=getattr(target_config, "hidden_act", "silu"),
+                         rms_norm_eps=getattr(target_config, "rms_norm_eps", 1e-6),
+                         max_position_embeddings=target_config.max_position_embeddings,
+                         rope_parameters=dict(rope) if rope else None, attention_bias=False, mlp_bias=False)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+class Eagle3Layer(nn.Module):
+    """cnets.py ``LlamaDecoderLayeremb``: attention over [input_layernorm(e), hidden_norm(h)] (2H), residual h."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.self_attn = LlamaAttention(config, layer_idx=0)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old = getattr(self.self_attn, name)
+            setattr(self.self_attn, name, nn.Linear(2 * hidden, old.out_features, bias=False))
+        self.mlp = LlamaMLP(config)
+        self.hidden_norm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.input_layernorm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(hidden, eps=config.rms_norm_eps)
+        self.cache_keyword = cache_keyword(self.self_attn.forward)
+
+    def forward(self, embeds: Tensor, hidden: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor, cache=None) -> Tensor:
+        x = torch.cat([self.input_layernorm(embeds), self.hidden_norm(hidden)], dim=-1)
+        attended, _ = self.self_attn(x, position_embeddings=rope, attention_mask=mask, **{self.cache_keyword: cache})
+        hidden = hidden + attended
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class Eagle3Net(nn.Module):
+    """fc (fused taps -> H), midlayer, norm, lm_head over the draft vocabulary, and the d2t / t2d maps.
+
+    ``forward`` takes H-wide h (``fuse`` of the target's taps, or the net's own earlier output) and returns
+    the layer output before ``norm``; ``head`` applies norm and lm_head (draft-vocabulary logits)."""
+
+    def __init__(self, target_model: nn.Module, vocab: Tensor, layers: tuple[int, ...]) -> None:
+        super().__init__()
+        self.config = draft_layer_config(target_model.config)
+        hidden, target_vocab = self.config.hidden_size, target_model.get_output_embeddings().weight.shape[0]
+        self.layers = tuple(int(i) for i in layers)
+        self.fc = nn.Linear(len(self.layers) * hidden, hidden, bias=False)
+        self.midlayer = Eagle3Layer(self.config)
+        self.norm = LlamaRMSNorm(hidden, eps=self.config.rms_norm_eps)
+        self.lm_head = nn.Linear(hidden, vocab.shape[0], bias=False)
+        self.rotary = LlamaRotaryEmbedding(config=self.config)
+        d2t, t2d = vocab_maps(vocab, target_vocab)
+        self.register_buffer("d2t", d2t)
+        self.register_buffer("t2d", t2d)
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return self.lm_head.out_features
+
+    def fuse(self, taps: tuple[Tensor, ...] | Tensor) -> Tensor:
+        """The target's layer inputs ([n, H] each, or already concatenated [.., k*H]) -> h [.., H]."""
+        fused = torch.cat(taps, dim=-1) if isinstance(taps, (tuple, list)) else taps
+        return self.fc(fused.to(self.fc.weight.dtype))
+
+    def forward(self, embeds: Tensor, hidden: Tensor, positions: Tensor, mask: Tensor, cache=None) -> Tensor:
+        """embeds, hidden: [B, n, H]; positions [B, n]; mask [B, 1, n, kv] additive -> [B, n, H]."""
+        hidden = hidden.to(embeds.dtype)
+        return self.midlayer(embeds, hidden, self.rotary(hidden, positions), mask, cache)
+
+    def head(self, out: Tensor) -> Tensor:
+        return self.lm_head(self.norm(out))
+
+    def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """(what the head reads, what the next level is fed): the same pre-norm output."""
+        return out, out
+
+    def to_target(self, draft_ids: Tensor) -> Tensor:
+        return draft_ids + self.d2t[draft_ids]
+
+
+def vocab_maps(vocab: Tensor, target_vocab: int) -> tuple[Tensor, Tensor]:
+    """Sorted target ids of the draft vocabulary -> (d2t offsets [V_d] long, t2d mask [V] bool), as
+    eagle/traineagle3/cnets.py ``scandata`` defines them."""
+    vocab = vocab.long().sort().values
+    t2d = torch.zeros(target_vocab, dtype=torch.bool)
+    t2d[vocab] = True
+    return vocab - torch.arange(vocab.shape[0]), t2d
+
+
+def draft_ids_of(d2t: Tensor) -> Tensor:
+    """The target ids of the draft vocabulary, in draft order (inverse of ``vocab_maps``)."""
+    return torch.arange(d2t.shape[0], device=d2t.device) + d2t
+
+
+@METHODS.register("eagle3", "eagle-3")
+class Eagle3(Eagle2):
+    summary = "EAGLE-3: fused low/mid/high features, draft vocabulary, training-time test (needs a checkpoint)"
+    Options = Eagle3Options
+    net_class = Eagle3Net
+
+    def __init__(self, target: Target, checkpoint: str | None = None, **options) -> None:
+        super().__init__(target, checkpoint, **options)
+        if self.options.top_k > self.net.draft_vocab_size:
+            raise UserError(f"eagle3.top_k={self.options.top_k} exceeds the draft vocabulary "
+                            f"({self.net.draft_vocab_size} tokens)")
+        # Target.tap_layers are layer outputs; EAGLE-3 reads layer inputs (input of 0 = embeddings, index -1).
+        target.tap_layers = tuple(i - 1 for i in self.net.layers)
+
+    # ---- drafting: EAGLE-2's tree over fused features and a draft-vocabulary head -----------------------
+
+    def start(self, prompt: Tensor, out: TargetOut, sampling) -> None:
+        super().start(prompt, out, sampling)
+        self.pending_features = self.fused(out)
+
+    def accept(self, tree: DraftTree, verdict: Verdict, out: TargetOut) -> None:
+        super().accept(tree, verdict, out)
+        self.pending_features = self.fused(out, verdict.path.to(out.hidden.device))
+
+    def fused(self, out: TargetOut, rows: Tensor | None = None) -> Tensor:
+        """fc over the target's taps (at ``rows`` only: the accepted path of a tree forward)."""
+        if len(out.taps) != len(self.net.layers):
+            raise UserError(f"eagle3 needs the target's taps at layers {self.target.tap_layers}, got {len(out.taps)}")
+        return self.net.fuse(out.taps if rows is None else tuple(tap[rows] for tap in out.taps))
+
+    def top_tokens(self, features: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Top-k of the draft-vocabulary distribution, as target ids (cnets.py: ``topk_index + d2t[topk_index]``)."""
+        top = torch.log_softmax(self.net.head(features).float(), dim=-1).topk(k)
+        return top.values, self.net.to_target(top.indices)
+
+    # ---- learned-draft hooks (harness/train/trainer.py and harness/cli.py call these) --------------------
+
+    loss_defaults: Eagle3Loss = Eagle3Loss()
+    objective_class = Eagle3Objective
+
+    @classmethod
+    def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
+        """From a checkpoint's ``architecture``; without one (``random``), an untrained net over a random
+        draft vocabulary of min(DEFAULT_DRAFT_VOCAB, V // 2) ids, so tests cover V_d < V."""
+        arch = (config or {}).get("architecture") or {}
+        layers = tuple(arch.get("feature_layers") or eagle3_layers(target.config.num_hidden_layers))
+        if "draft_vocab_size" in arch:
+            vocab = torch.arange(int(arch["draft_vocab_size"]))   # placeholder: the checkpoint's d2t/t2d load over it
+        else:
+            vocab = torch.randperm(target.vocab_size)[:min(DEFAULT_DRAFT_VOCAB, target.vocab_size // 2)]
+        return Eagle3Net(target.model, vocab, layers)
+
+    @classmethod
+    def load_net(cls, target: Target, checkpoint: str | None) -> nn.Module:
+        """A net from a harness checkpoint or a released EAGLE-3 folder; ``random`` gives an untrained one."""
+        if checkpoint == "random":
+            torch.manual_seed(0)
+            net = cls.build_net(target)
+        else:
+            where = Path(checkpoint) if checkpoint else cls.default_checkpoint(target)
+            if not where.exists():
+                raise UserError(f"{cls.name} needs a trained draft for {target.model_id!r}: pass --checkpoint "
+                                f"{cls.name}=DIR (train one: python -m harness train --method {cls.name})")
+            net = cls.read(target, where)
+        return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
+
+    @classmethod
+    def read(cls, target: Target, where: Path) -> nn.Module:
+        """A net with the weights of a harness checkpoint or a released EAGLE-3 folder (methods/_eagle3_io.py)."""
+        if eagle3_io.is_released_layout(where):
+            tensors, config = eagle3_io.read_released(where, target.fingerprint(), target.config)
+        else:
+            tensors, config = ckpt.load(where, cls.name, target.fingerprint())
+        net = cls.build_net(target, config)
+        missing, unexpected = net.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise UserError(f"checkpoint {where} does not fit {cls.name}: missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}")
+        return net
+
+    @classmethod
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
+               dtype: torch.dtype = torch.float16) -> Path:
+        """The released EAGLE-3 layout, which the EAGLE repo, vLLM and SGLang read (methods/_eagle3_io.py)."""
+        return eagle3_io.export(net, target, Path(out), flavor, dtype)
+
+    @classmethod
+    def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[nn.Module, Eagle3Objective]:
+        """The draft vocabulary is the V_d most frequent answer tokens of ``data``; the fused layers are the
+        ones the data was made with (``datagen --feature-layers eagle3``)."""
+        loss = Eagle3Loss(**cls.loss_config(**loss_overrides))
+        if data is None:
+            torch.manual_seed(0)
+            net = cls.build_net(target)
+        else:
+            layers = data_layers(data, target.config.num_hidden_layers)
+            net = Eagle3Net(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
+        return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss)
+
+    @classmethod
+    def warm_start(cls, net: nn.Module, target: Target, init: Path) -> None:
+        """Continue from an EAGLE-3 draft (harness or released layout); its vocabulary replaces the data's."""
+        state = {k: v.float() if v.is_floating_point() else v
+                 for k, v in cls.read(target, Path(init)).state_dict().items()}
+        if state["d2t"].shape != net.d2t.shape:
+            raise UserError(f"{init} has a draft vocabulary of {state['d2t'].shape[0]} tokens, this run "
+                            f"{net.d2t.shape[0]}: pass --loss draft_vocab={state['d2t'].shape[0]}")
+        net.load_state_dict(state)
+
+    @classmethod
+    def architecture(cls, net: nn.Module) -> dict:
+        return {"draft_vocab_size": net.draft_vocab_size, "feature_layers": list(net.layers)}
