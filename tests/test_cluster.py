@@ -133,13 +133,13 @@ def test_without_workers_ray_is_never_imported(tiny_dir, shared_data, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_datagen_on_two_workers_writes_the_token_ids_of_one_process(local_ray, tiny_dir, shared_data, tmp_path):
+def test_datagen_on_two_workers_writes_the_token_ids_of_one_process(local_ray, tiny_dir, training_data, tmp_path):
     from safetensors.torch import load_file
 
     from harness.train import datagen
 
     config = dict(target=tiny_dir, sources=("gsm8k",), max_samples=10, max_new_tokens=8, batch_size=2,
-                  shard_size=4, data_dir=shared_data)
+                  shard_size=4, data_dir=training_data)
     alone = datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "one"))
     spread = datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "two"), workers=2)
     one, two = (json.loads((d / "manifest.json").read_text()) for d in (alone, spread))

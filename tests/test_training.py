@@ -15,16 +15,16 @@ from methods.eagle2 import Eagle2
 from tests.tiny import hf_greedy, save_tiny_target
 
 
-def test_training_prompts_drop_evaluation_overlap(shared_data):
-    prompts, stats = training_prompts(["codegen", "gsm8k"], shared_data)
+def test_training_prompts_drop_evaluation_overlap(training_data):
+    prompts, stats = training_prompts(["codegen", "gsm8k"], training_data)
     assert stats["dropped_overlap"] > 100          # REFERENCE §3.7: 148 codegen items paraphrase eval prompts
     assert len(prompts) == sum(stats["per_source"].values())
 
 
-def test_datagen_train_resume_and_load(shared_data, tmp_path):
+def test_datagen_train_resume_and_load(training_data, tmp_path):
     target_dir = save_tiny_target(tmp_path / "target")
     config = datagen.DatagenConfig(target=target_dir, out=tmp_path / "data", sources=("gsm8k",), max_samples=12,
-                                   max_new_tokens=12, batch_size=4, shard_size=6, data_dir=shared_data)
+                                   max_new_tokens=12, batch_size=4, shard_size=6, data_dir=training_data)
     datagen.run(config)
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert [s["samples"] for s in manifest["shards"]] == [6, 6]
