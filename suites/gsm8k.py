@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 from harness.errors import UserError
-from harness.suite import SUITES, Question, Suite, check_categories, read_numbered_jsonl
+from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl"
 VARIANTS = ("full", "eagle80")
@@ -53,12 +52,10 @@ def predicted_answer(text: str) -> Fraction | None:
 class GSM8K(Suite):
     """GSM8K: 1319 test questions (variant eagle80: EAGLE's 80), final-answer accuracy."""
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None,
-                 variant: str = "full") -> None:
+    def __init__(self, data_dir: Path | None = None, variant: str = "full") -> None:
         super().__init__(data_dir)
         if variant not in VARIANTS:
             raise UserError(f"unknown gsm8k variant {variant!r} (valid: {', '.join(VARIANTS)})")
-        check_categories(self.name, categories, ("math",))
         self.variant = variant
 
     def questions(self) -> list[Question]:
@@ -87,5 +84,5 @@ class GSM8K(Suite):
 class GSM8KEagle80(GSM8K):
     """GSM8K, EAGLE/HASS's 80-question subset (question ids are test.jsonl line numbers)."""
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None) -> None:
-        super().__init__(data_dir, categories, variant="eagle80")
+    def __init__(self, data_dir: Path | None = None) -> None:
+        super().__init__(data_dir, variant="eagle80")

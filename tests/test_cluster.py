@@ -21,9 +21,6 @@ from tests.tiny import save_tiny_target
 class TinyMany(Suite):
     """Sixteen made-up questions over the tiny tokenizer's words (tests only)."""
 
-    def __init__(self, data_dir=None, categories=None):
-        super().__init__(data_dir)
-
     def questions(self):
         return [Question(id=str(i), category=f"c{i % 3}", turns=(f"w{i} w{i + 3} w{i} w{i + 7} w{i}",))
                 for i in range(16)]

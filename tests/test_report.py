@@ -175,9 +175,6 @@ def test_cli_entry_points(hand_run, tmp_path, capsys):
 class TinyReport(Suite):
     """Four made-up questions in two tasks, with a made-up score (tests only)."""
 
-    def __init__(self, data_dir=None, categories=None):
-        super().__init__(data_dir)
-
     def questions(self):
         return [Question(id=str(i), category="words", task="echo" if i % 2 else "count",
                          turns=(f"w{i} w{i + 1} w{i} w{i + 1} w{i + 2}",)) for i in range(4)]
