@@ -1,4 +1,4 @@
-"""FollowEval (Jing et al., 2023, arXiv 2311.09829): an adapter for data the user supplies (REFERENCE §3.6).
+"""FollowEval (Jing et al., 2023, arXiv 2311.09829): an adapter for data the user supplies (docs/reference.md §3.6).
 
 The benchmark's 200 bilingual, human-written items are not public, so nothing is downloaded and no
 other benchmark (FollowBench, IFEval) is substituted. A user who has the data puts it at

@@ -1,4 +1,4 @@
-"""HumanEval (Chen et al., 2021): 164 problems, prompted as code completion, scored by pass@1 (REFERENCE §3.5).
+"""HumanEval (Chen et al., 2021): 164 problems, prompted as code completion, scored by pass@1 (docs/reference.md §3.5).
 
 The turn is "Complete the code I provided." followed directly by the problem's prompt, as in the
 EAGLE-family evaluation sets. Scoring executes the answer against the problem's tests

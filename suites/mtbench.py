@@ -1,4 +1,4 @@
-"""MT-bench (Zheng et al., 2023): 80 two-turn questions, 8 categories of 10 (REFERENCE §3.3).
+"""MT-bench (Zheng et al., 2023): 80 two-turn questions, 8 categories of 10 (docs/reference.md §3.3).
 
 Both turns are yielded; the runner asks the second in the same conversation after the model's own
 first answer, through the target's chat template. Quality judging (GPT-4) is out of scope: no score.

@@ -1,4 +1,4 @@
-"""Spec-Bench (Xia et al., 2024): 480 questions in six tasks, 80 each (REFERENCE §3.2).
+"""Spec-Bench (Xia et al., 2024): 480 questions in six tasks, 80 each (docs/reference.md §3.2).
 
 The file has no category named ``mt_bench``: question_id 81-160 carry the eight MT-bench categories
 and form the task ``mt_bench`` (two turns each); the other tasks are translation, summarization, qa,

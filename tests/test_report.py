@@ -141,7 +141,7 @@ def test_anchors_file_is_well_formed():
             for row in table["rows"]:
                 assert "status" in row or "speedup" in row
     raw = tomllib.loads(paper.ANCHORS.read_text())
-    eagle2_a100 = raw["papers"]["specbench"]["tables"][1]["rows"][1]     # REFERENCE §5.4b, EAGLE2 row
+    eagle2_a100 = raw["papers"]["specbench"]["tables"][1]["rows"][1]     # docs/reference.md §5.4b, EAGLE2 row
     assert eagle2_a100["speedup"] == [2.84, 1.88, 2.34, 2.15, 2.79, 2.13, 2.36] and eagle2_a100["tau"][-1] == 4.34
 
 

@@ -19,7 +19,7 @@ from tests.tiny import hf_greedy, save_tiny_target
 
 def test_training_prompts_drop_evaluation_overlap(training_data):
     prompts, stats = training_prompts(["codegen", "gsm8k"], training_data)
-    # REFERENCE §3.7: 148 codegen items share an 8-gram with an evaluation prompt. The same prompts are dropped
+    # docs/reference.md §3.7: 148 codegen items share an 8-gram with an evaluation prompt. The same prompts are dropped
     # as when the evaluation files and fields were listed by hand (counts and digest measured then).
     assert stats["dropped_overlap"] == 244 and stats["per_source"] == {"codegen": 4387, "gsm8k": 7377}
     assert hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16] == "7d618345acec72ef"

@@ -1,6 +1,6 @@
 """Training prompts: the shared prompt files and GSM8K train, minus anything that overlaps an evaluation.
 
-Sources (REFERENCE §3.7): ShareGPT first turns (ml-energy sample), GPTeacher codegen and roleplay
+Sources (docs/reference.md §3.7): ShareGPT first turns (ml-energy sample), GPTeacher codegen and roleplay
 instructions, GSM8K train questions. A prompt is dropped when it shares an 8-word run with a turn of
 any registered suite's questions, so drafts never see test text, and a suite is decontaminated
 against from the day it registers.
