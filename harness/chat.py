@@ -1,7 +1,7 @@
 """Prompts and stop tokens for a target, from its own tokenizer.
 
 The chat template is the target's (``tokenizer.apply_chat_template``), applied to the whole
-conversation for every turn, so a second turn sees the model's own first answer (REFERENCE §3.3).
+conversation for every turn, so a second turn sees the model's own first answer (docs/reference.md §3.3).
 A tokenizer without a template gets a plain "User:/Assistant:" rendering, recorded as such. The
 baseline and every method use the same prompts and stop set.
 """

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "requirements.lock"   # the tested versions that `make setup` installs
 
 
 def _version(package: str) -> str | None:
@@ -50,9 +52,25 @@ def capture() -> dict:
         "transformers": _version("transformers"),
         "cuda": torch.version.cuda if cuda else None,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "lock_drift": lock_drift(LOCK),
         "harness_commit": _git("rev-parse", "HEAD"),
         "harness_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
+
+
+def lock_drift(lock: Path) -> list[str] | None:
+    """Installed packages whose version differs from the lock file, as ``name installed (lock locked)``: empty
+    when the run used the tested set, None without a lock file (an installed package, not a checkout)."""
+    if not lock.is_file():
+        return None
+    drift = []
+    for line in lock.read_text().splitlines():
+        pinned = re.match(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+        if pinned:
+            installed = _version(pinned[1])
+            if installed != pinned[2]:
+                drift.append(f"{pinned[1]} {installed or 'not installed'} (lock {pinned[2]})")
+    return drift
 
 
 def worker(device: torch.device | str) -> dict:

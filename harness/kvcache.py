@@ -6,7 +6,7 @@ one gather and one copy for the whole model instead of two per layer. ``update``
 Hugging Face attention layers) writes the new keys after the valid range and returns views of the
 valid range, so attention costs what the context needs, not max_len, and no step reallocates.
 ``keep`` compacts after verification: the accepted tree nodes are gathered and written to the slots
-right after the committed prefix; the rest is left to be overwritten (REFERENCE §2.9).
+right after the committed prefix; the rest is left to be overwritten (docs/reference.md §2.9).
 For fixed-shape (compiled) forwards, ``SlotCache.write_at`` switches ``update`` to writing at given
 slot indices and returning a fixed window of slots, so no shape depends on the cache length.
 Layers of a model spread over devices each keep their own buffers on their own device (``joint=False``),

@@ -1,6 +1,6 @@
 """Named estimators over answer rows: tau, throughput, speedup, fidelity, quality, paired differences.
 
-Every figure says which estimator made it (REFERENCE §4.2-4.5). tau_pooled is Spec-Bench's
+Every figure says which estimator made it (docs/reference.md §4.2-4.5). tau_pooled is Spec-Bench's
 "mean accepted tokens" (all steps of all questions pooled, bonus included); tau_macro averages
 per question first (HASS). The speedup is Spec-Bench's ratio of mean per-question throughputs,
 computed against the baseline rows (the manifest's ``baseline``, vanilla unless it names another)
@@ -256,7 +256,7 @@ def speedup_ratio_of_means(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:
 
 
 def speedup_total_time(mine: pd.DataFrame, theirs: pd.DataFrame) -> float:
-    """Total-time ratio (REFERENCE §4.3): all tokens over all time, method over vanilla; weights long answers more."""
+    """Total-time ratio (docs/reference.md §4.3): all tokens over all time, method over vanilla; weights long answers more."""
     if not len(mine) or pooled_over_devices(mine):
         return float("nan")
     return (mine.new_tokens.sum() / mine.wall_time.sum()) / (theirs.new_tokens.sum() / theirs.wall_time.sum())

@@ -3,7 +3,7 @@
 Every draw in the harness goes through ``to_probs``: the target's distribution at each tree node, the
 residuals after a rejection, the bonus token, and any drafter that samples. Using one function for
 all of them is what rules out the EAGLE-2-era bug in which the bonus token was drawn from the raw
-softmax while the other draws used temperature / top-p (REFERENCE §2.7.3).
+softmax while the other draws used temperature / top-p (docs/reference.md §2.7.3).
 """
 from __future__ import annotations
 

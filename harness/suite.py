@@ -47,6 +47,7 @@ class Suite(ABC):
 
     name: ClassVar[str]
     unsafe: ClassVar[bool] = False   # scoring executes model output (needs the sandbox and an opt-in)
+    public: ClassVar[bool] = True    # False: the data is the user's own, never downloaded, and may be absent
 
     def __init__(self, data_dir: Path | None = None) -> None:
         self.data_dir = data_dir
@@ -67,9 +68,9 @@ class Suite(ABC):
         return path
 
 
-def load_questions(suite: Suite) -> list[Question]:
+def load_questions(suite: Suite, categories: Sequence[str] | None = None) -> list[Question]:
     """The suite's questions, checked the same way for every suite: unique ids (the resume key) and
-    at least one non-empty turn each."""
+    at least one non-empty turn each; with ``categories``, only those whose task or category is named."""
     questions = suite.questions()
     where = ", ".join(str(f) for f in dict.fromkeys(suite.files)) or f"suite {suite.name}"
     counts = Counter(q.id for q in questions)
@@ -81,7 +82,19 @@ def load_questions(suite: Suite) -> list[Question]:
         if not question.turns or not all(isinstance(t, str) and t.strip() for t in question.turns):
             raise UserError(f"{where}: question {question.id!r} has no turns or an empty one; give it at least one "
                             f"non-empty user turn, or remove it")
-    return questions
+    return select(suite.name, questions, categories)
+
+
+def select(suite: str, questions: list[Question], categories: Sequence[str] | None) -> list[Question]:
+    """The questions whose task or category is one of ``categories`` (all when none is given). A name that
+    no question carries is a UserError listing those that do, so a typo never selects nothing."""
+    if not categories:
+        return questions
+    valid = dict.fromkeys(label for q in questions for label in (q.group, q.category))
+    unknown = sorted(set(categories) - set(valid))
+    if unknown:
+        raise UserError(f"unknown {suite} category {', '.join(unknown)} (valid: {', '.join(valid)})")
+    return [q for q in questions if q.group in categories or q.category in categories]
 
 
 SUITES: Registry[Suite] = Registry("suite", Suite, package="suites", group="harness.suites")
@@ -126,13 +139,6 @@ def read_jsonl(path: Path) -> Iterator[dict]:
     """Records of a .jsonl or .jsonl.gz file; a malformed line is reported with its file and line number."""
     for _, record in read_numbered_jsonl(path):
         yield record
-
-
-def check_categories(suite: str, categories: Sequence[str] | None, valid: Sequence[str]) -> None:
-    """Raise a UserError naming the valid choices when a selected category is not one of them."""
-    unknown = sorted(set(categories or ()) - set(valid))
-    if unknown:
-        raise UserError(f"unknown {suite} category {', '.join(unknown)} (valid: {', '.join(valid)})")
 
 
 def describe_suites(data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ Node 0 is the root, the last token the target produced and not yet in its KV cac
 node is a draft token whose parent comes before it. Siblings are listed best-first: the sampling
 verifier tries them in that order. A chain (prompt lookup, plain drafts) is a tree with one path;
 vanilla decoding is the root alone. Batch size is 1, so the tensors carry no batch axis.
-The derived buffers are REFERENCE §2.1's contract: ancestor mask, depths (position offsets) and
+The derived buffers are docs/reference.md §2.1's contract: ancestor mask, depths (position offsets) and
 root-to-leaf paths, computed here once instead of by each drafter.
 """
 from __future__ import annotations

@@ -44,7 +44,7 @@ class Checked:
     plan: "Plan"                           # method aliases resolved in methods, options and checkpoints
     methods: list[str]                     # canonical names, the baseline first
     suites: dict[str, Suite]
-    questions: dict[str, list[Question]]   # every question of each suite, checked, before --limit
+    questions: dict[str, list[Question]]   # each suite's questions, checked, --categories kept, before --limit
 
 
 def before_load(plan: "Plan") -> Checked:
@@ -67,8 +67,8 @@ def before_load(plan: "Plan") -> Checked:
         check_out(plan.out)
     if plan.allow_code_exec and any(SUITES.get(name).unsafe for name in plan.suites):
         sandbox.require_sandbox()   # without a working bubblewrap nothing could be scored
-    suites = {name: SUITES.get(name)(data_dir=plan.data_dir, categories=plan.categories) for name in plan.suites}
-    questions = {name: load_questions(suite) for name, suite in suites.items()}
+    suites = {name: SUITES.get(name)(data_dir=plan.data_dir) for name in plan.suites}
+    questions = {name: load_questions(suite, plan.categories) for name, suite in suites.items()}
     plan = dataclasses.replace(plan, methods=tuple(methods), options=options, checkpoints=checkpoints)
     return Checked(plan=plan, methods=methods, suites=suites, questions=questions)
 

@@ -5,10 +5,10 @@ each the child of the one before. *accepted* (a): draft tokens on the path. *bon
 target draws after the path; it becomes the next root. A step commits a + 1 tokens (root and drafts
 to the KV cache) and emits a + 1 new tokens (drafts and bonus); tau counts a + 1.
 
-Greedy (T = 0, REFERENCE §2.6): a child is accepted iff it equals the target's argmax at its parent;
+Greedy (T = 0, docs/reference.md §2.6): a child is accepted iff it equals the target's argmax at its parent;
 the deepest accepted node wins (ties: lowest node id); the bonus is the argmax there.
 
-Sampling (T > 0, REFERENCE §2.7): multi-candidate recursive rejection. At the current node the
+Sampling (T > 0, docs/reference.md §2.7): multi-candidate recursive rejection. At the current node the
 children are tried best-first; child x drawn from q is accepted with probability min(1, p(x)/q(x));
 on rejection p <- norm(max(0, p - q)). Deterministic drafts (``tree.q is None``) are point masses,
 so rejection zeroes p(x) (EAGLE-2's rule); sampled drafts pass the exact distribution each child was

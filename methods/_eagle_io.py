@@ -1,6 +1,6 @@
 """EAGLE-layout checkpoints: read released EAGLE / EAGLE-2 / HASS drafts, write ours for EAGLE, vLLM, SGLang.
 
-Released layout (REFERENCE §1.3.5): ``config.json`` is a one-layer LlamaConfig; weights in
+Released layout (docs/reference.md §1.3.5): ``config.json`` is a one-layer LlamaConfig; weights in
 ``pytorch_model.bin`` or ``model.safetensors`` with keys ``embed_tokens.weight``, ``fc.weight``,
 ``fc.bias`` (if the draft has one), ``layers.0.self_attn.*``, ``layers.0.mlp.*`` and
 ``layers.0.post_attention_layernorm.weight``; no LM head, no input norm, no final norm.

@@ -1,11 +1,11 @@
 """Training objective of the EAGLE family, with HASS's aligned multi-pass forward built in.
 
 Pass 1 is EAGLE's teacher forcing: position t sees (f_t, x_{t+1}) and predicts f_{t+1}. Pass j > 1
-imitates tree depth j at inference (HASS harmonized context alignment, REFERENCE §1.4): its inputs
+imitates tree depth j at inference (HASS harmonized context alignment, docs/reference.md §1.4): its inputs
 are the previous pass's predictions shifted right by one (detached), and a query at t attends to
 pass-1 keys at positions <= t - (j-1) and to pass-i keys (1 < i <= j) only at position t - (j-i),
 i.e. to its own draft-made ancestors. This is a true causal softmax over the allowed keys (the
-HASS code's multiply-mask quirk is not reproduced). Losses per pass (REFERENCE §1.3.3, §1.4):
+HASS code's multiply-mask quirk is not reproduced). Losses per pass (docs/reference.md §1.3.3, §1.4):
 v_w * SmoothL1(f̂, f) + p_w * CE(softmax(head f), log_softmax(head f̂)) + topk_w * top-K CE, averaged
 over passes. The net's ``split`` says which part of its output the LM head reads (CE, top-K) and which
 is regressed to f and fed to the next pass: the same tensor in EAGLE, two halves in FSPAD (§1.6.2).

@@ -1,6 +1,6 @@
 """Medusa's static tree: lists of top-k index paths ("medusa_choices") and the buffers built from them once.
 
-REFERENCE §2.3 / §1.7: a choice is a path of top-k ranks, element d being the rank taken from head d;
+docs/reference.md §2.3 / §1.7: a choice is a path of top-k ranks, element d being the rank taken from head d;
 the tree holds one node per choice, whose parent is the choice without its last element. Sorting the
 choices by (length, ranks) puts every parent before its children and siblings best-first. A node at
 depth d with last rank r reads slot (d - 1) * top_k + r of the flat array of the heads' top-k tokens.

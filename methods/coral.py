@@ -1,6 +1,6 @@
 """CORAL: HASS training plus cross-step representation alignment, and a grouped, routed LM head.
 
-Sources: REFERENCE §1.5 (arXiv 2502.16880). Only the abstract is primary and no code is public, so
+Sources: docs/reference.md §1.5 (arXiv 2502.16880). Only the abstract is primary and no code is public, so
 every unknown is a setting recorded in the checkpoint; the defaults are our assumptions:
 
 - Training is HASS's (n = ``passes`` aligned passes, top-K distillation, methods/_eagle_train.py) plus

@@ -1,6 +1,6 @@
 """EAGLE-2: a feature-level draft (fc + one decoder layer) that grows a dynamic top-k tree.
 
-The network (REFERENCE §1.3.1): fc over [token embedding, target feature] (2H -> H), then one decoder
+The network (docs/reference.md §1.3.1): fc over [token embedding, target feature] (2H -> H), then one decoder
 layer of the target's own family with no input norm; the target's frozen embedding and LM head
 are borrowed, never copied. Position t takes (f_t, x_{t+1}) and predicts f_{t+1}; deeper tree levels
 feed the draft's own predicted features back in. The tree (§2.2): level 1 is the top-k of the last

@@ -1,6 +1,6 @@
 """FSPAD (feature sampling and partial alignment distillation): EAGLE-2 with a wider draft network.
 
-Sources: REFERENCE §1.6 (Luc4Gui/FSPAD@1c2df5e ``cnets_fspad.py``, arXiv 2408.15562). Drafting,
+Sources: docs/reference.md §1.6 (Luc4Gui/FSPAD@1c2df5e ``cnets_fspad.py``, arXiv 2408.15562). Drafting,
 the dynamic tree (60/5/10) and the loss weights are EAGLE-2's; the network changes in two places:
 
 - feature sampling (FS, ``Efc``): h0 = fc([e; f]) (always with a bias), h = h0 + down(SiLU(gate(e)) *
@@ -147,7 +147,7 @@ class Fspad(Eagle2):
     def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
                dtype: torch.dtype = torch.float16) -> Path:
         raise UserError(f"{cls.name} drafts cannot be exported: vLLM and SGLang have no FSPAD model class "
-                        f"(REFERENCE §1.6.1); use them with this harness")
+                        f"(docs/reference.md §1.6.1); use them with this harness")
 
 
 @METHODS.register("fspad-fs-only")

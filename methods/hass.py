@@ -1,6 +1,6 @@
 """HASS (harmonized speculative sampling): EAGLE-2 at inference, a harmonized objective in training.
 
-Sources: REFERENCE §1.4 (HArmonizedSS/HASS@38922e4, arXiv 2408.15766). The draft network, the
+Sources: docs/reference.md §1.4 (HArmonizedSS/HASS@38922e4, arXiv 2408.15766). The draft network, the
 dynamic tree (60/5/10), checkpoint loading (released HASS drafts have the EAGLE key layout, §1.3.5)
 and export to vLLM/SGLang (§1.3.6) are EAGLE-2's, inherited unchanged from ``methods.eagle2``.
 What differs is the loss (``methods/_eagle_train.py`` implements both parts):

@@ -1,6 +1,6 @@
 """Medusa-1: K extra decoding heads on the target's last feature fill a static top-k tree.
 
-Sources: REFERENCE §1.7 (FasterDecoding/Medusa@e2a5d20), §2.3 (static tree), §2.8 (typical acceptance).
+Sources: docs/reference.md §1.7 (FasterDecoding/Medusa@e2a5d20), §2.3 (static tree), §2.8 (typical acceptance).
 Head k (0-based) is ResBlock^layers then a projection to the vocabulary, ResBlock(x) = x + SiLU(W x + b)
 with W = 0 at init; it reads the final-norm feature f_t and predicts token t+k+2 (the target's own head
 predicts t+1, the root). So the heads read the feature of the last committed position: the prompt's last
@@ -74,14 +74,14 @@ class MedusaOptions:
     tree_size: int = 63              # draft nodes (root excluded) of the tree built from head accuracies
     top_k: int = 10                  # candidates per head that tree may use (Medusa's TOPK)
     choices: list | None = None      # explicit medusa_choices, e.g. [[0], [1], [0, 0]]; overrides the two above
-    acceptance: str = "exact"        # "exact" (lossless) or "typical" (REFERENCE §2.8, NOT LOSSLESS at T > 0)
+    acceptance: str = "exact"        # "exact" (lossless) or "typical" (docs/reference.md §2.8, NOT LOSSLESS at T > 0)
     epsilon: float = 0.09            # typical: posterior threshold
     delta: float = 0.3               # typical: posterior alpha (about sqrt(epsilon))
 
 
 @dataclass(frozen=True)
 class MedusaLoss:
-    decay: float = 0.8               # head k (0-based) weighs decay**k (REFERENCE §1.7, paper's lambda_k)
+    decay: float = 0.8               # head k (0-based) weighs decay**k (docs/reference.md §1.7, paper's lambda_k)
     ce_sample: int = 0               # cross-entropy on at most this many random positions per head and batch (0 = all)
     heads: int = 4                   # architecture of the trained net
     layers: int = 1
@@ -89,7 +89,7 @@ class MedusaLoss:
 
 
 class TypicalVerifier(Verifier):
-    """Medusa's typical acceptance (fast path, REFERENCE §2.8); exact argmax matching at T = 0."""
+    """Medusa's typical acceptance (fast path, docs/reference.md §2.8); exact argmax matching at T = 0."""
 
     lossless = False
 
@@ -192,7 +192,7 @@ class Medusa(LearnedDrafter):
         arch = architecture or {}
         net = MedusaNet(target.hidden_size, target.vocab_size, arch.get("heads", 4), arch.get("layers", 1),
                         own_projection=not arch.get("share_lm_head", True))
-        if net.own_projection:   # start each head as the target's head (REFERENCE §1.7, Medusa-2 init)
+        if net.own_projection:   # start each head as the target's head (docs/reference.md §1.7, Medusa-2 init)
             for head in net.heads:
                 head[-1].weight.data.copy_(target.lm_head.weight.data)
         return net

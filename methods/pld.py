@@ -1,6 +1,6 @@
 """Prompt lookup decoding (PLD): copy the continuation of an earlier n-gram match as a draft chain.
 
-Follows Spec-Bench's PLD (REFERENCE §1.2): for n = max_ngram .. min_ngram, find the earliest earlier
+Follows Spec-Bench's PLD (docs/reference.md §1.2): for n = max_ngram .. min_ngram, find the earliest earlier
 occurrence of the last n tokens whose next ``num_draft`` tokens lie inside the context, and propose
 those tokens. One difference: with no match it proposes the root alone, where the reference feeds
 a placeholder token, which costs a tree slot and can never be accepted. Training-free; verified

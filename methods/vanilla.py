@@ -1,7 +1,7 @@
 """Vanilla autoregressive decoding: the root alone, one token per target forward.
 
 It runs through the same Target, verifier and loop as every speculative method, so the speedup
-denominator differs from the methods only in the algorithm (REFERENCE §1.1, "same-kernel loop").
+denominator differs from the methods only in the algorithm (docs/reference.md §1.1, "same-kernel loop").
 """
 from torch import Tensor
 

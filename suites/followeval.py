@@ -1,4 +1,4 @@
-"""FollowEval (Jing et al., 2023, arXiv 2311.09829): an adapter for data the user supplies (REFERENCE §3.6).
+"""FollowEval (Jing et al., 2023, arXiv 2311.09829): an adapter for data the user supplies (docs/reference.md §3.6).
 
 The benchmark's 200 bilingual, human-written items are not public, so nothing is downloaded and no
 other benchmark (FollowBench, IFEval) is substituted. A user who has the data puts it at
@@ -16,11 +16,9 @@ the rule matches. The paper's exact matching semantics are not public; report th
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Sequence
 
 from harness.errors import UserError
-from harness.suite import SUITES, Question, Suite, check_categories, read_numbered_jsonl
+from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
 FILE = "followeval/followeval.jsonl"
 REQUIRED = ("id", "lang", "instruction", "regex")
@@ -49,10 +47,7 @@ def compile_rule(record: dict, where: str) -> re.Pattern:
 class FollowEval(Suite):
     """FollowEval: user-supplied instruction-following items with regex rules (data not public)."""
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None) -> None:
-        super().__init__(data_dir)
-        check_categories(self.name, categories, LANGS)
-        self.categories = categories
+    public = False   # the items are not public: the user's own copy, or none
 
     def questions(self) -> list[Question]:
         try:
@@ -73,8 +68,6 @@ class FollowEval(Suite):
             compile_rule(record, where)
             questions.append(Question(id=str(record["id"]), category=record["lang"], turns=(record["instruction"],),
                                       reference=record, task="followeval"))
-        if self.categories:
-            questions = [q for q in questions if q.category in self.categories]
         return questions
 
     def score(self, question: Question, answers: list[str]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""GSM8K (Cobbe et al., 2021): grade-school math; scored by final-answer exact match (REFERENCE §3.4).
+"""GSM8K (Cobbe et al., 2021): grade-school math; scored by final-answer exact match (docs/reference.md §3.4).
 
 Variants: ``full`` (the 1319 test questions, registered as ``gsm8k``) and ``eagle80`` (the 80-question
 subset EAGLE and HASS report as "GSM8K", rebuilt from the test file by line number; registered as
@@ -11,14 +11,13 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 from harness.errors import UserError
-from harness.suite import SUITES, Question, Suite, check_categories, read_numbered_jsonl
+from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl"
 VARIANTS = ("full", "eagle80")
-# 0-based lines of test.jsonl in EAGLE question_id order (REFERENCE §3.4).
+# 0-based lines of test.jsonl in EAGLE question_id order (docs/reference.md §3.4).
 EAGLE80 = (30, 754, 429, 1010, 1284, 953, 751, 954, 705, 993, 1029, 917, 20, 1057, 138, 127, 60, 387, 1163, 632,
            457, 48, 618, 892, 368, 615, 1165, 184, 1139, 1220, 1059, 130, 671, 1269, 936, 831, 582, 777, 1276, 230,
            790, 556, 237, 180, 1272, 631, 967, 23, 455, 913, 595, 1045, 80, 233, 231, 553, 82, 958, 945, 131, 473,
@@ -53,12 +52,10 @@ def predicted_answer(text: str) -> Fraction | None:
 class GSM8K(Suite):
     """GSM8K: 1319 test questions (variant eagle80: EAGLE's 80), final-answer accuracy."""
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None,
-                 variant: str = "full") -> None:
+    def __init__(self, data_dir: Path | None = None, variant: str = "full") -> None:
         super().__init__(data_dir)
         if variant not in VARIANTS:
             raise UserError(f"unknown gsm8k variant {variant!r} (valid: {', '.join(VARIANTS)})")
-        check_categories(self.name, categories, ("math",))
         self.variant = variant
 
     def questions(self) -> list[Question]:
@@ -87,5 +84,5 @@ class GSM8K(Suite):
 class GSM8KEagle80(GSM8K):
     """GSM8K, EAGLE/HASS's 80-question subset (question ids are test.jsonl line numbers)."""
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None) -> None:
-        super().__init__(data_dir, categories, variant="eagle80")
+    def __init__(self, data_dir: Path | None = None) -> None:
+        super().__init__(data_dir, variant="eagle80")

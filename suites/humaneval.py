@@ -1,4 +1,4 @@
-"""HumanEval (Chen et al., 2021): 164 problems, prompted as code completion, scored by pass@1 (REFERENCE §3.5).
+"""HumanEval (Chen et al., 2021): 164 problems, prompted as code completion, scored by pass@1 (docs/reference.md §3.5).
 
 The turn is "Complete the code I provided." followed directly by the problem's prompt, as in the
 EAGLE-family evaluation sets. Scoring executes the answer against the problem's tests
@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
 
 from harness.errors import UserError
 from harness.sandbox import Program, run_python
-from harness.suite import SUITES, Question, Suite, check_categories, read_numbered_jsonl
+from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
 URL = "https://raw.githubusercontent.com/openai/human-eval/master/data/HumanEval.jsonl.gz"
 INSTRUCTION = "Complete the code I provided."
@@ -46,10 +45,8 @@ class HumanEval(Suite):
 
     unsafe = True
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None,
-                 timeout_s: float = 10.0, memory_mb: int = 1024) -> None:
+    def __init__(self, data_dir: Path | None = None, timeout_s: float = 10.0, memory_mb: int = 1024) -> None:
         super().__init__(data_dir)
-        check_categories(self.name, categories, ("code",))
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
 

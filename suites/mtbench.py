@@ -1,4 +1,4 @@
-"""MT-bench (Zheng et al., 2023): 80 two-turn questions, 8 categories of 10 (REFERENCE §3.3).
+"""MT-bench (Zheng et al., 2023): 80 two-turn questions, 8 categories of 10 (docs/reference.md §3.3).
 
 Both turns are yielded; the runner asks the second in the same conversation after the model's own
 first answer, through the target's chat template. Quality judging (GPT-4) is out of scope: no score.
@@ -6,11 +6,8 @@ The same 80 questions are Spec-Bench's ids 81-160; do not count them twice.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
-from harness.suite import SUITES, Question, Suite, check_categories
-from suites.specbench import MT_BENCH_CATEGORIES, read_questions, select
+from harness.suite import SUITES, Question, Suite
+from suites.specbench import read_questions
 
 URL = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/mt_bench/question.jsonl"
 
@@ -19,11 +16,5 @@ URL = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge
 class MTBench(Suite):
     """MT-bench: 80 questions, two turns each, 8 categories."""
 
-    def __init__(self, data_dir: Path | None = None, categories: Sequence[str] | None = None) -> None:
-        super().__init__(data_dir)
-        check_categories("mtbench", categories, ("mt_bench",) + MT_BENCH_CATEGORIES)
-        self.categories = categories
-
     def questions(self) -> list[Question]:
-        questions = read_questions(self.data_file("mt_bench/question.jsonl", URL), lambda c: "mt_bench")
-        return select(questions, self.categories)
+        return read_questions(self.data_file("mt_bench/question.jsonl", URL), lambda c: "mt_bench")

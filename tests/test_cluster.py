@@ -21,9 +21,6 @@ from tests.tiny import save_tiny_target
 class TinyMany(Suite):
     """Sixteen made-up questions over the tiny tokenizer's words (tests only)."""
 
-    def __init__(self, data_dir=None, categories=None):
-        super().__init__(data_dir)
-
     def questions(self):
         return [Question(id=str(i), category=f"c{i % 3}", turns=(f"w{i} w{i + 3} w{i} w{i + 7} w{i}",))
                 for i in range(16)]
@@ -133,13 +130,13 @@ def test_without_workers_ray_is_never_imported(tiny_dir, shared_data, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_datagen_on_two_workers_writes_the_token_ids_of_one_process(local_ray, tiny_dir, shared_data, tmp_path):
+def test_datagen_on_two_workers_writes_the_token_ids_of_one_process(local_ray, tiny_dir, training_data, tmp_path):
     from safetensors.torch import load_file
 
     from harness.train import datagen
 
     config = dict(target=tiny_dir, sources=("gsm8k",), max_samples=10, max_new_tokens=8, batch_size=2,
-                  shard_size=4, data_dir=shared_data)
+                  shard_size=4, data_dir=training_data)
     alone = datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "one"))
     spread = datagen.run(datagen.DatagenConfig(**config, out=tmp_path / "two"), workers=2)
     one, two = (json.loads((d / "manifest.json").read_text()) for d in (alone, spread))

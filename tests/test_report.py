@@ -143,7 +143,7 @@ def test_anchors_file_is_well_formed():
             for row in table["rows"]:
                 assert "status" in row or "speedup" in row
     raw = tomllib.loads(paper.ANCHORS.read_text())
-    eagle2_a100 = raw["papers"]["specbench"]["tables"][1]["rows"][1]     # REFERENCE §5.4b, EAGLE2 row
+    eagle2_a100 = raw["papers"]["specbench"]["tables"][1]["rows"][1]     # docs/reference.md §5.4b, EAGLE2 row
     assert eagle2_a100["speedup"] == [2.84, 1.88, 2.34, 2.15, 2.79, 2.13, 2.36] and eagle2_a100["tau"][-1] == 4.34
 
 
@@ -176,9 +176,6 @@ def test_cli_entry_points(hand_run, tmp_path, capsys):
 @SUITES.register("tiny-report")
 class TinyReport(Suite):
     """Four made-up questions in two tasks, with a made-up score (tests only)."""
-
-    def __init__(self, data_dir=None, categories=None):
-        super().__init__(data_dir)
 
     def questions(self):
         return [Question(id=str(i), category="words", task="echo" if i % 2 else "count",

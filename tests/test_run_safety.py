@@ -26,9 +26,6 @@ class TinySafety(Suite):
 
     long = False
 
-    def __init__(self, data_dir=None, categories=None):
-        super().__init__(data_dir)
-
     def questions(self):
         short = [Question(id=str(i), category="words", turns=(f"w{i} w{i + 1} w{i}",)) for i in range(4)]
         if not self.long:

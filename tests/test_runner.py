@@ -21,9 +21,6 @@ from tests.tiny import tiny_plan, tiny_target
 class TinyWords(Suite):
     """Five made-up questions over the tiny tokenizer's words (tests only)."""
 
-    def __init__(self, data_dir=None, categories=None):
-        super().__init__(data_dir)
-
     def questions(self):
         return [Question(id=str(i), category="words", turns=(f"w{i} w{i + 1} w{i} w{i + 1}",) * (1 + i % 2))
                 for i in range(5)]

@@ -70,21 +70,26 @@ def test_vanilla_and_pld_equal_transformers_greedy(smol):
 def sky_blue_vanilla(smol):
     prompt = chat.render(smol.tokenizer, [{"role": "user", "content": "Explain why the sky is blue in three sentences."}])
     stops = chat.stop_ids(smol.tokenizer, smol.model.generation_config)
-    gen = generate(smol, METHODS.get("vanilla")(smol), Verifier(), prompt, max_new_tokens=64, stop_ids=stops,
+    gen = generate(smol, METHODS.get("vanilla")(smol), Verifier(), prompt, max_new_tokens=SKY_TOKENS, stop_ids=stops,
                    sampling=SamplingParams(), rng=torch.Generator())
     return prompt, stops, gen.tokens
 
 
-# Measured on this prompt with the committed drafts: 1.49-1.56 for the EAGLE family, 1.21 for Medusa; a
-# draft that no longer fits its target (or a broken tree) falls to ~1.0.
-@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.3), ("hass", 1.3), ("fspad", 1.3), ("coral", 1.3),
-                                             ("coral-fullhead", 1.3), ("medusa", 1.1)])
+# 32 tokens (23-24 steps): the first 32 of the 64 this test once decoded, at a third of its cost. Measured on
+# this prompt with the committed drafts: tau 1.33-1.39 for every one (EAGLE family and Medusa); a draft that no
+# longer fits its target (or a broken tree) falls to ~1.0. coral-fullhead reads coral's draft (its own
+# losslessness is tested in test_lossless.py), so coral's row covers that checkpoint.
+SKY_TOKENS = 32
+
+
+@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.2), ("hass", 1.2), ("fspad", 1.2), ("coral", 1.2),
+                                             ("medusa", 1.2)])
 def test_every_committed_draft_is_lossless_and_accepts_drafts(smol, sky_blue_vanilla, method, min_tau):
     cls = METHODS.get(method)
     if not cls.default_checkpoint(smol).exists():
         pytest.skip(f"no committed {method} checkpoint")
     prompt, stops, reference = sky_blue_vanilla
-    gen = generate(smol, cls(smol), Verifier(), prompt, max_new_tokens=64, stop_ids=stops,
+    gen = generate(smol, cls(smol), Verifier(), prompt, max_new_tokens=SKY_TOKENS, stop_ids=stops,
                    sampling=SamplingParams(), rng=torch.Generator())
     assert gen.tokens == reference
     assert len(gen.tokens) / len(gen.accept_lengths) > min_tau

@@ -7,7 +7,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.sandbox import run_python, unavailable
-from harness.suite import SUITES, Question, describe_suites, read_jsonl
+from harness.suite import SUITES, Question, Suite, describe_suites, load_questions, read_jsonl
 from suites.gsm8k import predicted_answer, reference_answer
 from suites.humaneval import program
 
@@ -32,21 +32,44 @@ def test_specbench_tasks_and_category_selection(shared_data):
     assert {int(q.id) for q in mt} == set(range(81, 161)) and all(len(q.turns) == 2 for q in mt)
     assert {q.category for q in mt} == {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
                                         "humanities"}
-    selected = SUITES.get("specbench")(data_dir=shared_data, categories=["writing", "qa"]).questions()
+    selected = load_questions(SUITES.get("specbench")(data_dir=shared_data), ["writing", "qa"])
     assert len(selected) == 90 and {q.category for q in selected} == {"writing", "qa"}
-    assert len(SUITES.get("specbench")(data_dir=shared_data, categories=("mt_bench",)).questions()) == 80
+    assert len(load_questions(SUITES.get("specbench")(data_dir=shared_data), ("mt_bench",))) == 80
 
 
 def test_mtbench_has_two_turns_everywhere(shared_data):
     questions = SUITES.get("mtbench")(data_dir=shared_data).questions()
     assert all(len(q.turns) == 2 and q.task == "mt_bench" for q in questions)
-    assert len(SUITES.get("mtbench")(data_dir=shared_data, categories=["coding"]).questions()) == 10
+    assert len(load_questions(SUITES.get("mtbench")(data_dir=shared_data), ["coding"])) == 10
 
 
-@pytest.mark.parametrize("name", ["specbench", "mtbench", "gsm8k", "gsm8k_eagle80", "humaneval", "followeval"])
-def test_unknown_category_lists_the_valid_ones(name):
-    with pytest.raises(UserError, match=r"unknown .*category nope \(valid: "):
-        SUITES.get(name)(data_dir=None, categories=["nope"])
+@pytest.mark.parametrize("name,kept", [("specbench", 10), ("mtbench", 10), ("gsm8k", 1319), ("gsm8k_eagle80", 80),
+                                       ("humaneval", 164)])
+def test_every_suite_selects_by_task_or_category_and_names_the_valid_ones(shared_data, name, kept):
+    suite = SUITES.get(name)(data_dir=shared_data)
+    first = suite.questions()[0]
+    assert len(load_questions(suite, [first.category])) == kept
+    assert load_questions(suite, [first.group])[0] == first
+    with pytest.raises(UserError, match=rf"unknown {name} category nope \(valid: .*{first.category}"):
+        load_questions(suite, ["nope", first.category])
+
+
+class Labelled(Suite):
+    """Three questions in two tasks (tests only; not registered)."""
+
+    name = "labelled"
+
+    def questions(self):
+        return [Question(id=str(i), category=f"c{i}", turns=("t",), task="odd" if i % 2 else "even")
+                for i in range(3)]
+
+
+def test_selection_is_one_rule_for_every_suite():
+    assert [q.id for q in load_questions(Labelled(), ["even"])] == ["0", "2"]
+    assert [q.id for q in load_questions(Labelled(), ["c1", "even"])] == ["0", "1", "2"]
+    assert [q.id for q in load_questions(Labelled(), None)] == ["0", "1", "2"]
+    with pytest.raises(UserError, match=r"unknown labelled category nope \(valid: even, c0, odd, c1, c2\)"):
+        load_questions(Labelled(), ["nope"])
 
 
 def derangement(values: list) -> list[int]:
@@ -135,7 +158,7 @@ def test_followeval_adapter_scores_rules(tmp_path):
     assert suite.score(second, ["北京市"]) == {"accuracy": 1.0}
     assert suite.score(third, ["Take 3, for example."]) == {"accuracy": 1.0}
     assert suite.score(third, ["Seven."]) == {"accuracy": 0.0}
-    assert [q.id for q in SUITES.get("followeval")(data_dir=tmp_path, categories=["zh"]).questions()] == ["2"]
+    assert [q.id for q in load_questions(SUITES.get("followeval")(data_dir=tmp_path), ["zh"])] == ["2"]
 
 
 def test_followeval_bad_records_name_file_line_and_field(tmp_path):

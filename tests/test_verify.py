@@ -112,9 +112,16 @@ def sample_two_tokens(target, drafter, params, trials, seed):
     rng = torch.Generator().manual_seed(seed)
     counts = torch.zeros(V * V)
     verifier = Verifier()
+    fixed = None
+    if drafter is None:   # a deterministic tree draws nothing from rng, so every trial's tree is this one
+        tree, prefixes = draft_tree(target, None, params, rng)
+        fixed = tree, torch.stack([target.logits(p) for p in prefixes])
     for _ in range(trials):
-        tree, prefixes = draft_tree(target, drafter, params, rng)
-        logits = torch.stack([target.logits(p) for p in prefixes])
+        if fixed is not None:
+            tree, logits = fixed
+        else:
+            tree, prefixes = draft_tree(target, drafter, params, rng)
+            logits = torch.stack([target.logits(p) for p in prefixes])
         verdict = verifier.verify(tree, logits, params, rng)
         emitted = tree.tokens[verdict.path[1:]].tolist() + [verdict.bonus]
         while len(emitted) < 2:  # finish with plain sampling: the combined process must be the target's

@@ -154,6 +154,13 @@ def comparison(comp: pd.DataFrame, runs: list[Run]) -> Table:
     return Table("comparison", "Comparison of runs", caption, shown.reset_index(drop=True))
 
 
+def _drift(drift: list[str] | None) -> str | None:
+    """Whether a run used the locked versions; None (not recorded) for runs made before the lock or without it."""
+    if drift is None:
+        return None
+    return "as locked" if not drift else ", ".join(drift)
+
+
 def environment(runs: list[Run]) -> Table:
     rows: dict[str, dict[str, str]] = {}
     for run in runs:
@@ -166,6 +173,7 @@ def environment(runs: list[Run]) -> Table:
             "cpu cores / torch threads": f"{env['cpu_count']} / {env.get('torch_threads')}" if env.get("cpu_count") else None,
             "python": env.get("python"), "torch": env.get("torch"), "cuda": env.get("cuda"),
             "transformers": env.get("transformers"), "platform": env.get("platform"),
+            "versions vs requirements.lock": _drift(env.get("lock_drift")),
             "harness commit": commit + (" (uncommitted changes)" if env.get("harness_dirty") else ""),
             "target": settings.get("target"), "dtype": settings.get("dtype"),
             "max_new_tokens": settings.get("max_new_tokens"), "seed": settings.get("seed"),

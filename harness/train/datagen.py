@@ -2,7 +2,7 @@
 
 ``python -m harness datagen --target T --out DIR`` renders each prompt with the target's chat template,
 generates the answer in batches (greedy by default: the drafter learns the target's own text), then
-runs one forward over prompt + answer to record the final-norm features f_t (REFERENCE §1.3.2) and, with
+runs one forward over prompt + answer to record the final-norm features f_t (docs/reference.md §1.3.2) and, with
 ``feature_layers``, the inputs of those decoder layers concatenated (EAGLE-3's fused low/mid/high features,
 ``hidden_layers`` [T, k*H] bf16; ``eagle3`` picks the layers, see methods/eagle3.py).
 Shards are safetensors files of ``shard_size`` samples written atomically, so an interrupted run

@@ -1,8 +1,9 @@
 """Training prompts: the shared prompt files and GSM8K train, minus anything that overlaps an evaluation.
 
-Sources (REFERENCE §3.7): ShareGPT first turns (ml-energy sample), GPTeacher codegen and roleplay
-instructions, GSM8K train questions. A prompt is dropped when it shares an 8-word run with any
-evaluation prompt (Spec-Bench, MT-bench, GSM8K test, HumanEval), so drafts never see test text.
+Sources (docs/reference.md §3.7): ShareGPT first turns (ml-energy sample), GPTeacher codegen and roleplay
+instructions, GSM8K train questions. A prompt is dropped when it shares an 8-word run with a turn of
+any registered suite's questions, so drafts never see test text, and a suite is decontaminated
+against from the day it registers.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.suite import read_jsonl, resolve_data_file
+from harness.suite import SUITES, load_questions, read_jsonl, resolve_data_file
 
 SOURCES = {
     "sharegpt": "train_prompts/sharegpt_mlenergy/sg_90k_part1_html_cleaned_lang_first_sampled_sorted.json",
@@ -43,25 +44,25 @@ def _read_source(name: str, data_dir: Path | None) -> list[str]:
     return [(r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")) for r in records]
 
 
-# Every evaluation text a draft must not train on: (data file, fields holding prompt text).
-EVALUATION_FILES = {
-    "spec_bench/question.jsonl": ("turns",),
-    "mt_bench/question.jsonl": ("turns",),
-    "gsm8k/test.jsonl": ("question",),
-    "humaneval/HumanEval.jsonl.gz": ("prompt",),
-}
-
-
-def evaluation_shingles(data_dir: Path | None) -> set[tuple[str, ...]]:
-    """8-word runs of every evaluation prompt; a missing evaluation file is an error, not a silent pass."""
+def evaluation_shingles(data_dir: Path | None) -> tuple[set[tuple[str, ...]], list[str]]:
+    """8-word runs of every turn of every registered suite's questions, and the suites they came from.
+    A suite whose data is missing is an error, not a silent pass, unless its data is the user's own
+    (``Suite.public`` false) and absent: then there is nothing a draft could have seen."""
     shingles: set[tuple[str, ...]] = set()
-    for relative, fields in EVALUATION_FILES.items():
-        for record in read_jsonl(resolve_data_file(relative, None, data_dir)):
-            for field in fields:
-                values = record.get(field, [])
-                for text in [values] if isinstance(values, str) else values:
-                    shingles |= _shingles(text)
-    return shingles
+    checked = []
+    for name in SUITES.names():
+        suite = SUITES.get(name)(data_dir=data_dir)
+        try:
+            questions = load_questions(suite)
+        except UserError:
+            if suite.public:
+                raise
+            continue
+        for question in questions:
+            for turn in question.turns:
+                shingles |= _shingles(turn)
+        checked.append(name)
+    return shingles, checked
 
 
 def training_prompts(sources: list[str], data_dir: Path | None, seed: int = 0) -> tuple[list[str], dict]:
@@ -69,8 +70,8 @@ def training_prompts(sources: list[str], data_dir: Path | None, seed: int = 0) -
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise UserError(f"unknown prompt source {', '.join(unknown)} (known: {', '.join(SOURCES)})")
-    banned = evaluation_shingles(data_dir)
-    per_source, stats = [], {"dropped_overlap": 0, "dropped_duplicate": 0, "per_source": {}}
+    banned, suites = evaluation_shingles(data_dir)
+    per_source, stats = [], {"dropped_overlap": 0, "dropped_duplicate": 0, "per_source": {}, "decontaminated": suites}
     seen: set[str] = set()
     for name in sources:
         kept = []
