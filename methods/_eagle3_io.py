@@ -1,6 +1,6 @@
 """The released EAGLE-3 checkpoint layout: import it, and export ours in it for the EAGLE repo, vLLM and SGLang.
 
-Layout (SafeAILab/EAGLE@cb7e084 ``eagle/model/cnets.py`` ``Model``; REFERENCE §1.8-1.9): ``config.json``, a
+Layout (SafeAILab/EAGLE@cb7e084 ``eagle/model/cnets.py`` ``Model``; docs/reference.md §1.8-1.9): ``config.json``, a
 one-layer LlamaConfig with ``draft_vocab_size``; weights in ``model.safetensors`` or ``pytorch_model.bin``
 with keys ``fc.weight`` [H, 3H], ``midlayer.self_attn.{q,k,v}_proj.weight`` [*, 2H],
 ``midlayer.self_attn.o_proj.weight``, ``midlayer.mlp.{gate,up,down}_proj.weight``,

@@ -1,7 +1,7 @@
 """EAGLE-3 training: the draft vocabulary from token frequencies, and the training-time-test objective.
 
 Sources: SafeAILab/EAGLE@cb7e084 ``eagle/traineagle3/cnets.py`` (``Model.scandata``, ``Model.forward``,
-the attention's ``cache_hidden`` loop) and ``eagle/traineagle3/main.py`` (step weights); REFERENCE §1.9.
+the attention's ``cache_hidden`` loop) and ``eagle/traineagle3/main.py`` (step weights); docs/reference.md §1.9.
 
 - Draft vocabulary (``scandata``): count every answer token (loss mask 1) of the training data, keep the
   V_d most frequent, sorted by id (ties here go to the lower id; the reference keeps Counter order).

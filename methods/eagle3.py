@@ -1,7 +1,7 @@
 """EAGLE-3: fused low/mid/high target features, no feature regression, a reduced draft vocabulary.
 
 Network (SafeAILab/EAGLE@cb7e084 ``eagle/model/cnets.py`` ``Model`` and ``LlamaDecoderLayeremb``; the
-trainer's copy ``eagle/traineagle3/cnets.py`` is the same network; REFERENCE §1.9, arXiv 2503.01840):
+trainer's copy ``eagle/traineagle3/cnets.py`` is the same network; docs/reference.md §1.9, arXiv 2503.01840):
 
 - the target's hidden states at the *inputs* of decoder layers 2, N//2 and N-3 (``eagle3_layers`` in
   harness/train/datagen.py; ``Target.tap_layers`` gives layer outputs, so the taps are those layers - 1),
@@ -18,7 +18,7 @@ rope settings, whatever the target family. Tree levels past the first feed the l
 The tree is EAGLE-2's (methods/eagle2.py), with each draft-vocabulary top-k mapped to target ids, so a
 token outside the draft vocabulary is never drafted; the shared verifier is unchanged, so the output is
 the target's. Defaults 60 tokens / depth 7 / top-k 10 are the EAGLE-3-era ``ea_model.py@cb7e084``
-defaults (REFERENCE §2; EAGLE issue #209: depth 5 undersells EAGLE-3). Training (training-time test,
+defaults (docs/reference.md §2; EAGLE issue #209: depth 5 undersells EAGLE-3). Training (training-time test,
 the frequency-ranked draft vocabulary) is in methods/_eagle3_train.py; the released / vLLM / SGLang
 checkpoint layout in methods/_eagle3_io.py; docs/methods.md has the eagle3 section.
 """
