@@ -43,6 +43,15 @@ def is_released_layout(directory: Path) -> bool:
     return config_path.is_file() and "method" not in json.loads(config_path.read_text())
 
 
+def read_checkpoint(directory: Path, method: str, fingerprint: dict, target_config,
+                    also: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (harness key names, no embedding) and a harness config, from a harness checkpoint of ``method``
+    (or of a method in ``also``) or a released EAGLE-3 folder."""
+    if is_released_layout(directory):
+        return read_released(directory, fingerprint, target_config)
+    return ckpt.load(directory, method, fingerprint, also)
+
+
 def read_released(directory: Path, fingerprint: dict, target_config) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors under harness names and a harness config (architecture: draft vocabulary, fused layers)."""
     config = json.loads((directory / "config.json").read_text())

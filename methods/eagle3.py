@@ -26,16 +26,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from harness import checkpoint as ckpt
 from harness.drafter import METHODS
 from harness.errors import UserError
 from harness.kvcache import cache_keyword
+from harness.learned import Accepts
 from harness.target import Target, TargetOut
 from harness.train.datagen import eagle3_layers
 from harness.tree import DraftTree
@@ -43,6 +44,7 @@ from harness.verify import Verdict
 from methods import _eagle3_io as eagle3_io
 from methods._eagle3_train import DEFAULT_DRAFT_VOCAB, Eagle3Loss, Eagle3Objective, data_layers, draft_vocabulary
 from methods.eagle2 import Eagle2, EagleOptions
+
 
 @dataclass(frozen=True)
 class Eagle3Options(EagleOptions):
@@ -187,56 +189,35 @@ class Eagle3(Eagle2):
         top = torch.log_softmax(self.net.head(features).float(), dim=-1).topk(k)
         return top.values, self.net.to_target(top.indices)
 
-    # ---- learned-draft hooks (harness/train/trainer.py and harness/cli.py call these) --------------------
+    # ---- the learned-drafter contract (harness/learned.py) ----------------------------------------
 
     loss_defaults: Eagle3Loss = Eagle3Loss()
     objective_class = Eagle3Objective
+    # Its own drafts only (harness or released layout): EAGLE-2's network (eagle2, hass, coral) has no fused
+    # fc, midlayer or draft-vocabulary head to start from.
+    accepts = Accepts()
 
     @classmethod
-    def build_net(cls, target: Target, config: dict | None = None) -> nn.Module:
-        """From a checkpoint's ``architecture``; without one (``random``), an untrained net over a random
-        draft vocabulary of min(DEFAULT_DRAFT_VOCAB, V // 2) ids, so tests cover V_d < V."""
-        arch = (config or {}).get("architecture") or {}
+    def build_net(cls, target: Target, architecture: Mapping[str, Any] | None = None) -> nn.Module:
+        """From a checkpoint's ``architecture`` (draft vocabulary size, fused layers); without one (``random``),
+        an untrained net over a random draft vocabulary of min(DEFAULT_DRAFT_VOCAB, V // 2) ids, so tests
+        cover V_d < V."""
+        arch = architecture or {}
         layers = tuple(arch.get("feature_layers") or eagle3_layers(target.config.num_hidden_layers))
         if "draft_vocab_size" in arch:
             vocab = torch.arange(int(arch["draft_vocab_size"]))   # placeholder: the checkpoint's d2t/t2d load over it
         else:
             vocab = torch.randperm(target.vocab_size)[:min(DEFAULT_DRAFT_VOCAB, target.vocab_size // 2)]
-        return Eagle3Net(target.model, vocab, layers)
+        return cls.net_class(target.model, vocab, layers)
 
     @classmethod
-    def load_net(cls, target: Target, checkpoint: str | None) -> nn.Module:
-        """A net from a harness checkpoint or a released EAGLE-3 folder; ``random`` gives an untrained one."""
-        if checkpoint == "random":
-            torch.manual_seed(0)
-            net = cls.build_net(target)
-        else:
-            where = Path(checkpoint) if checkpoint else cls.default_checkpoint(target)
-            if not where.exists():
-                raise UserError(f"{cls.name} needs a trained draft for {target.model_id!r}: pass --checkpoint "
-                                f"{cls.name}=DIR (train one: python -m harness train --method {cls.name})")
-            net = cls.read(target, where)
-        return net.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
+    def architecture(cls, net: nn.Module) -> dict:
+        return {"draft_vocab_size": net.draft_vocab_size, "feature_layers": list(net.layers)}
 
     @classmethod
-    def read(cls, target: Target, where: Path) -> nn.Module:
-        """A net with the weights of a harness checkpoint or a released EAGLE-3 folder (methods/_eagle3_io.py)."""
-        if eagle3_io.is_released_layout(where):
-            tensors, config = eagle3_io.read_released(where, target.fingerprint(), target.config)
-        else:
-            tensors, config = ckpt.load(where, cls.name, target.fingerprint())
-        net = cls.build_net(target, config)
-        missing, unexpected = net.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise UserError(f"checkpoint {where} does not fit {cls.name}: missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}")
-        return net
-
-    @classmethod
-    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
-               dtype: torch.dtype = torch.float16) -> Path:
-        """The released EAGLE-3 layout, which the EAGLE repo, vLLM and SGLang read (methods/_eagle3_io.py)."""
-        return eagle3_io.export(net, target, Path(out), flavor, dtype)
+    def read_checkpoint(cls, where: Path, target: Target, also: tuple[str, ...]) -> tuple[dict[str, Tensor], dict]:
+        """A harness checkpoint or a released EAGLE-3 folder (methods/_eagle3_io.py)."""
+        return eagle3_io.read_checkpoint(where, cls.name, target.fingerprint(), target.config, also)
 
     @classmethod
     def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[nn.Module, Eagle3Objective]:
@@ -248,19 +229,24 @@ class Eagle3(Eagle2):
             net = cls.build_net(target)
         else:
             layers = data_layers(data, target.config.num_hidden_layers)
-            net = Eagle3Net(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
+            net = cls.net_class(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
         return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss)
 
     @classmethod
-    def warm_start(cls, net: nn.Module, target: Target, init: Path) -> None:
-        """Continue from an EAGLE-3 draft (harness or released layout); its vocabulary replaces the data's."""
-        state = {k: v.float() if v.is_floating_point() else v
-                 for k, v in cls.read(target, Path(init)).state_dict().items()}
-        if state["d2t"].shape != net.d2t.shape:
-            raise UserError(f"{init} has a draft vocabulary of {state['d2t'].shape[0]} tokens, this run "
-                            f"{net.d2t.shape[0]}: pass --loss draft_vocab={state['d2t'].shape[0]}")
-        net.load_state_dict(state)
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An EAGLE-3 draft's weights as they are, its d2t / t2d replacing the vocabulary built from the data;
+        a draft of another vocabulary size or number of fused layers is refused with the fix."""
+        d2t, fc = tensors.get("d2t"), tensors.get("fc.weight")
+        if d2t is not None and d2t.shape != net.d2t.shape:
+            raise UserError(f"the --init draft has a draft vocabulary of {d2t.shape[0]} tokens, this run "
+                            f"{net.d2t.shape[0]}: pass --loss draft_vocab={d2t.shape[0]}")
+        if fc is not None and fc.shape != net.fc.weight.shape:
+            raise UserError(f"the --init draft fuses {fc.shape[1] // net.config.hidden_size} target layers, this "
+                            f"run's data {len(net.layers)} (datagen --feature-layers)")
+        return tensors
 
     @classmethod
-    def architecture(cls, net: nn.Module) -> dict:
-        return {"draft_vocab_size": net.draft_vocab_size, "feature_layers": list(net.layers)}
+    def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,
+               dtype: torch.dtype = torch.float16) -> Path:
+        """The released EAGLE-3 layout, which the EAGLE repo, vLLM and SGLang read (methods/_eagle3_io.py)."""
+        return eagle3_io.export(net, target, Path(out), flavor, dtype)

@@ -181,6 +181,43 @@ def test_an_eagle2_checkpoint_is_refused_with_a_clear_message(tmp_path):
         Eagle3.load_net(target, str(folder))
 
 
+def test_contract_members_are_eagle3s_own():
+    """EAGLE-3 fills the learned-drafter contract itself where EAGLE-2's members would misread its net."""
+    from harness.learned import Accepts, LearnedDrafter
+    from methods.eagle2 import Eagle2
+
+    for member in ("build_net", "architecture", "read_checkpoint", "training_setup", "adapt_warm_start", "export"):
+        assert getattr(Eagle3, member).__func__ is not getattr(Eagle2, member).__func__, member
+    for member in ("load", "load_net", "warm_start", "loss_config", "default_checkpoint"):
+        assert getattr(Eagle3, member).__func__ is getattr(LearnedDrafter, member).__func__, member
+    assert Eagle3.accepts == Accepts()
+
+
+def test_warm_start_takes_the_drafts_vocabulary_and_refuses_other_drafts(tmp_path):
+    from harness import checkpoint as ckpt
+    from methods.eagle2 import Eagle2
+
+    target = tiny_target("llama")
+    data = layer_data(target, tmp_path / "data")
+    draft = Eagle3.load_net(target, "random")                       # a random vocabulary of 48 ids
+    released = Eagle3.export(draft, target, tmp_path / "released", "eagle", dtype=torch.float32)
+    net, _ = Eagle3.training_setup(target, data, draft_vocab=48)    # the data's 48 most frequent ids
+    assert not torch.equal(net.d2t, draft.d2t)
+    Eagle3.warm_start(net, target, released)
+    for key, value in draft.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value.to(net.state_dict()[key].dtype)), key
+    smaller, _ = Eagle3.training_setup(target, data, draft_vocab=40)
+    with pytest.raises(UserError, match="pass --loss draft_vocab=48"):
+        Eagle3.warm_start(smaller, target, released)
+    eagle2 = Eagle2.training_setup(target)[0]
+    ckpt.save(tmp_path / "e2", eagle2.state_dict(), {"method": "eagle2", "target": target.fingerprint(),
+                                                      "architecture": Eagle2.architecture(eagle2)})
+    with pytest.raises(UserError, match="'eagle2' checkpoint, not 'eagle3'"):
+        Eagle3.warm_start(net, target, tmp_path / "e2")
+    with pytest.raises(UserError, match="'eagle2' checkpoint, not 'eagle3'"):
+        Eagle3(target, checkpoint=str(tmp_path / "e2"))
+
+
 def layer_data(target, folder, with_layers: bool = True, samples: int = 12, length: int = 24) -> FeatureData:
     """Random token sequences with the tiny target's own features (and layer inputs), as one datagen shard."""
     generator = torch.Generator().manual_seed(4)
