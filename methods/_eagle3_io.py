@@ -26,21 +26,17 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from harness import checkpoint as ckpt
 from harness.errors import UserError
 from harness.train.datagen import eagle3_layers
+from methods._eagle_io import is_released_layout, read_released_files
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 FORMATS = ("eagle", "vllm", "sglang")   # one layout serves all three
 LAYER_IDS_KEY = "eagle_aux_hidden_state_layer_ids"   # vLLM: inputs of these target layers are fused
 SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
-
-
-def is_released_layout(directory: Path) -> bool:
-    config_path = directory / "config.json"
-    return config_path.is_file() and "method" not in json.loads(config_path.read_text())
 
 
 def read_checkpoint(directory: Path, method: str, fingerprint: dict, target_config,
@@ -54,16 +50,10 @@ def read_checkpoint(directory: Path, method: str, fingerprint: dict, target_conf
 
 def read_released(directory: Path, fingerprint: dict, target_config) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors under harness names and a harness config (architecture: draft vocabulary, fused layers)."""
-    config = json.loads((directory / "config.json").read_text())
+    config, tensors = read_released_files(directory)
     if "draft_vocab_size" not in config:
         raise UserError(f"{directory} has no draft_vocab_size in config.json: not an EAGLE-3 checkpoint "
                         f"(EAGLE-2 / HASS drafts load with --methods eagle2 or hass)")
-    if (directory / "model.safetensors").is_file():
-        tensors = load_file(str(directory / "model.safetensors"))
-    elif (directory / "pytorch_model.bin").is_file():
-        tensors = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"{directory} has config.json but neither model.safetensors nor pytorch_model.bin")
     saved = {"model_id": config.get("_name_or_path") or str(directory), "vocab_size": config.get("vocab_size"),
              "hidden_size": config.get("hidden_size")}
     ckpt.check_fingerprint(saved, fingerprint, directory)

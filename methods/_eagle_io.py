@@ -37,19 +37,23 @@ def is_released_layout(directory: Path) -> bool:
     return config_path.is_file() and "method" not in json.loads(config_path.read_text())
 
 
+def read_released_files(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, tensors) of a released draft folder: model.safetensors or pytorch_model.bin."""
+    config = json.loads((directory / "config.json").read_text())
+    if (directory / "model.safetensors").is_file():
+        return config, load_file(str(directory / "model.safetensors"))
+    if (directory / "pytorch_model.bin").is_file():
+        return config, torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise UserError(f"{directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+
+
 def read_checkpoint(directory: Path, method: str, fingerprint: dict,
                     also: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors (EAGLE key names, no embedding) and a harness config, from either checkpoint layout;
     ``also`` names other methods whose harness checkpoints are accepted (warm starts)."""
     if not is_released_layout(directory):
         return ckpt.load(directory, method, fingerprint, also)
-    config = json.loads((directory / "config.json").read_text())
-    if (directory / "model.safetensors").is_file():
-        tensors = load_file(str(directory / "model.safetensors"))
-    elif (directory / "pytorch_model.bin").is_file():
-        tensors = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise UserError(f"{directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+    config, tensors = read_released_files(directory)
     if config.get(FOLDED_MARK):
         raise UserError(f"{directory} is a vLLM export whose fc.bias is folded into embed_tokens, which the harness "
                         f"does not read: load the checkpoint it was exported from, or an --format eagle export")
