@@ -90,6 +90,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="run questions on N Ray workers, one device each (needs pip install -e '.[cluster]')")
     p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
+    p.add_argument("--replay", action="store_true",
+                   help="T = 0 only: replay every method but the baseline from its answers (exact accept "
+                        "lengths, no timing; cells <method>-replay); see docs/reports.md#replay")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:
@@ -107,7 +110,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> None:
         options=_method_values(args.opt, "--opt"), checkpoints=_method_values(args.checkpoint, "--checkpoint"),
         warmup=args.warmup, dtype=args.dtype, device=args.device, max_len=args.max_len,
         compile=args.compile, compile_bucket=args.compile_bucket, allow_code_exec=args.allow_code_exec,
-        device_map=args.device_map, workers=args.workers, cluster=args.cluster)
+        device_map=args.device_map, workers=args.workers, cluster=args.cluster, replay=args.replay)
     try:
         run_dir = runner.run(plan, argv)
     except torch.OutOfMemoryError as exc:

@@ -16,6 +16,7 @@ apart and enter no estimator; a score averages only the rows that have it. ``cel
 """
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from pathlib import Path
 from typing import Iterable
@@ -56,14 +57,19 @@ def question_record(row: Row, baseline: str) -> dict:
         "question_id": str(row.question_id), "category": row.category, "task": row.task or row.category,
         "lossless": True if row.lossless is None else row.lossless, "baseline": baseline,
         "new_tokens": sum(row.new_tokens), "steps": sum(row.decoding_steps), "accepted": sum(accept),
-        "wall_time": sum(row.wall_time), "draft_time": sum(row.draft_time or []),
-        "verify_time": sum(row.verify_time or []), "prefill_time": sum(row.prefill_time or []),
+        "wall_time": seconds(row.wall_time), "draft_time": seconds(row.draft_time or []),
+        "verify_time": seconds(row.verify_time or []), "prefill_time": seconds(row.prefill_time or []),
         "tau_question": sum(accept) / len(accept) if accept else float("nan"),
         "text": "\x1e".join(row.turns), "accept_lengths": accept,
         "session": row.timing_session or "", "skipped": row.skipped, "replayed": row.replayed,
         "contended": machine_load.contended(row.load), "device_type": row.device_type,
         **{f"score:{k}": v for k, v in (row.scores or {}).items()},
     }
+
+
+def seconds(values: list) -> float:
+    """Sum of a row's per-turn times; NaN for a replayed row (harness/replay.py), whose times are null."""
+    return math.nan if any(v is None for v in values) else float(sum(values))
 
 
 def tau_pooled(frame: pd.DataFrame) -> float:

@@ -43,6 +43,7 @@ ESTIMATORS = {
 
 # The method every speedup is measured against unless the manifest names another (``baseline``).
 DEFAULT_BASELINE = "vanilla"
+REPLAY_SUFFIX = "-replay"   # a replayed cell's label: <method>-replay (harness/replay.py)
 
 
 LOCK_FILE = "run.lock"

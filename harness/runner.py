@@ -9,6 +9,8 @@ command resumes it. One run at a time holds a run directory. Every row names the
 host, process and device that timed it, and how busy the machine was. A question that cannot run (a
 prompt longer than the context) becomes a row that says why, and the sweep goes on.
 With ``workers`` the questions run on Ray workers (harness/cluster.py) and this process writes their rows.
+With ``replay`` every method but the baseline is replayed at T = 0 from the baseline's rows (harness/replay.py):
+exact accept lengths without timing, in cells labelled ``<method>-replay``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import chat, env, machine_load, selfcheck, validate
+from harness import chat, env, machine_load, replay, selfcheck, validate
 from harness.decode import PromptTooLong, TurnDecoder
 from harness.records import (DEFAULT_BASELINE, Manifest, RowWriter, answer_file, comparable_settings, make_row,
                              make_skipped_row, new_session, read_rows, run_dir_lock)
@@ -62,6 +64,7 @@ class Plan:
     workers: int | None = None      # Ray workers (harness/cluster.py); None runs in this process
     cluster: str | None = None      # address of a running Ray cluster (default: start one on this machine)
     baseline: str = DEFAULT_BASELINE   # runs first in each (suite, temperature); every speedup's reference
+    replay: bool = False               # methods other than the baseline replayed from its answers (T = 0 only)
 
     def settings(self, target: Target) -> dict:
         """What every row of a run directory shares; a resumed run must repeat it exactly."""
@@ -74,6 +77,8 @@ class Plan:
 
 
 def run(plan: Plan, argv: list[str]) -> Path:
+    if plan.replay:
+        replay.check_plan(plan.temperatures, plan.workers)
     if plan.workers:
         from harness import cluster   # imports Ray, which nothing else needs
         cluster.require_ray()         # one line saying how to install it, before anything loads
@@ -89,6 +94,8 @@ def run(plan: Plan, argv: list[str]) -> Path:
     # One turn decoder per method for the whole sweep, all built (checkpoints read) before anything is
     # written: a drafter's start() resets it per sequence, and compiled steps (--compile) are built once.
     decoders = validate.after_load(checked, target, run_dir)
+    if plan.replay:
+        replay.check_decoders(decoders)   # the baseline too: its tokens are the ones replayed
     with run_dir_lock(run_dir):
         _sweep(plan, argv, run_dir, settings, target, decoders, suites, questions, check.as_dict())
     return run_dir
@@ -115,6 +122,8 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
     manifest.data["sweeps"][-1]["target_check"] = target_check
     worker = {**env.worker(target.device), "session": session}
     manifest.data["sweeps"][-1]["workers"] = [worker]
+    if plan.replay:
+        manifest.data["sweeps"][-1]["replayed"] = True
     torch.manual_seed(plan.seed)
     status = "interrupted"
     try:
@@ -122,12 +131,16 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
                 for method, decoder in decoders.items():   # the baseline first
-                    path = answer_file(run_dir, suite_name, method, temperature)
-                    manifest.add_cell(cell_entry(run_dir, suite_name, temperature, method, decoder.method.settings(),
-                                                 decoder.method.checkpoint, decoder.lossless))
+                    replayed = plan.replay and method != plan.baseline
+                    label = method + replay.SUFFIX if replayed else method
+                    path = answer_file(run_dir, suite_name, label, temperature)
+                    cell = cell_entry(run_dir, suite_name, temperature, label, decoder.method.settings(),
+                                      decoder.method.checkpoint, decoder.lossless)
+                    manifest.add_cell({**cell, "replayed": True} if replayed else cell)
+                    source = answer_file(run_dir, suite_name, plan.baseline, temperature) if replayed else None
                     before = machine_load.sample()
-                    if _run_cell(plan, target, suite, questions[suite_name], decoder, sampling, path, worker):
-                        manifest.add_cell_load({"suite": suite_name, "method": method, "temperature": temperature},
+                    if _run_cell(plan, target, suite, questions[suite_name], decoder, sampling, path, worker, source):
+                        manifest.add_cell_load({"suite": suite_name, "method": label, "temperature": temperature},
                                                machine_load.between(before, machine_load.sample()))
         status = "complete"
     finally:
@@ -152,20 +165,28 @@ def scoring(plan: Plan, suite: Suite) -> bool:
 
 
 def _run_cell(plan: Plan, target: Target, suite: Suite, questions: list[Question], decoder: TurnDecoder,
-              sampling: SamplingParams, path: Path, worker: dict) -> int:
-    """Answer the cell's questions that have no row yet; return how many ran."""
+              sampling: SamplingParams, path: Path, worker: dict, source: Path | None = None) -> int:
+    """Answer the cell's questions that have no row yet; return how many ran. With ``source`` (the baseline's
+    answer file of the cell) they are replayed from its rows (harness/replay.py), untimed."""
     done = {str(row["question_id"]) for row in read_rows(path, repair=True)}
     todo = [q for q in questions if q.id not in done]
     if not todo:
         return 0
     stops = chat.stop_ids(target.tokenizer, getattr(target.model, "generation_config", None))
-    warm_up(plan, target, decoder, questions, stops, sampling)
+    if source is None:
+        warm_up(plan, target, decoder, questions, stops, sampling)
+    else:
+        sources = replay.baseline_rows(read_rows(source), [q.id for q in todo])
+        decoder = replay.Replayed(decoder, target)
     scored = scoring(plan, suite)
-    label = f"{suite.name} {decoder.method.name} T={sampling.temperature:g}"
+    label = f"{suite.name} {decoder.method.name}{'' if source is None else replay.SUFFIX} T={sampling.temperature:g}"
     with RowWriter(path) as writer, tqdm(total=len(questions), initial=len(questions) - len(todo), desc=label,
                                           file=sys.stderr, dynamic_ncols=True) as bar:
         for question in todo:
-            writer.write(answer_row(plan, target, suite, question, decoder, stops, sampling, scored, worker))
+            if source is not None:
+                decoder.begin(sources[question.id])
+            row = answer_row(plan, target, suite, question, decoder, stops, sampling, scored, worker)
+            writer.write(row if source is None else replay.label(row))
             bar.update(1)
     return len(todo)
 
