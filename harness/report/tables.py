@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.metrics import INTERVAL, PAIRED_INTERVAL, verdict
+from harness.records import REPLAY_SUFFIX
 from harness.report.load import Run
 from harness.report.stats import LATENCY_PARTS
 
@@ -236,19 +237,27 @@ def _claim_row(pairs: pd.DataFrame, method: str, reference: str) -> tuple[pd.Dat
     return pairs[(pairs.method == reference) & (pairs.reference == method)], -1
 
 
+def _claim_rows(pairs: pd.DataFrame, method: str, reference: str) -> list[tuple[pd.DataFrame, int, str]]:
+    """The claim's pairs decoded, and its pairs replayed (cells <method>-replay), each with its sign and a note."""
+    found = [(*_claim_row(pairs, method, reference), ""),
+             (*_claim_row(pairs, method + REPLAY_SUFFIX, reference + REPLAY_SUFFIX), " (replayed)")]
+    return [entry for entry in found if not entry[0].empty]
+
+
 def claims(pairs: pd.DataFrame, claim_list: list[dict], runs: list[Run]) -> Table:
     """Each published claim (method > reference in τ, ...) against our paired τ verdict, per suite and T."""
     lines = []
     for claim in claim_list:
-        found, sign = _claim_row(pairs, claim["method"], claim["reference"])
-        if found.empty:
+        found = _claim_rows(pairs, claim["method"], claim["reference"])
+        if not found:
             lines.append([claim["claim"], GAP, GAP, GAP, GAP, "not measured here", claim["source"]])
-        for r in found.itertuples():
-            diff, low, high = (sign * r.tau_diff, *sorted((sign * r.tau_lo, sign * r.tau_hi)))
-            outcome = CLAIM_VERDICTS.get((claim["relation"], verdict(low, high)), "not distinguishable")
-            where = f"{r.run}: {r.suite}" if len(runs) > 1 else r.suite
-            lines.append([claim["claim"], where, f"{r.temperature:g}", str(r.questions), signed(diff, low, high),
-                          outcome, claim["source"]])
+        for rows, sign, note in found:
+            for r in rows.itertuples():
+                diff, low, high = (sign * r.tau_diff, *sorted((sign * r.tau_lo, sign * r.tau_hi)))
+                outcome = CLAIM_VERDICTS.get((claim["relation"], verdict(low, high)), "not distinguishable")
+                where = (f"{r.run}: {r.suite}" if len(runs) > 1 else r.suite) + note
+                lines.append([claim["claim"], where, f"{r.temperature:g}", str(r.questions),
+                              signed(diff, low, high), outcome, claim["source"]])
     frame = pd.DataFrame(lines, columns=["Claim", "Suite", "T", "Questions", "Δτ (method − reference) [95% CI]",
                                          "Here", "Claimed by"])
     caption = (f"Published claims about τ (reports/published/anchors.toml [[claims]]) against our paired "
