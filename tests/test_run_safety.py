@@ -9,6 +9,7 @@ from pathlib import Path
 
 from harness import metrics, runner
 from harness.cli import main
+from harness.decode import Speculative
 from harness.records import RowWriter, answer_file, read_rows
 from harness.report import build, stats
 from harness.report.load import combined, load_runs
@@ -129,7 +130,7 @@ def test_a_question_that_cannot_run_is_recorded_and_skipped_while_the_sweep_comp
     def no_more(*args, **kwargs):
         raise AssertionError("a rerun must not try a skipped question again")
 
-    monkeypatch.setattr(runner, "generate", no_more)
+    monkeypatch.setattr(Speculative, "decode_turn", no_more)
     runner.run(plan(tiny_dir, out, max_len=64, warmup=1), argv=["second"])
     summary = metrics.summarize(metrics.load_frame(answer_file(run_dir, "tiny-safety", m, 0.0)
                                                    for m in ("vanilla", "pld"))).set_index("method")
