@@ -50,10 +50,10 @@ def read_checkpoint(directory: Path, method: str, fingerprint: dict, target_conf
 
 def read_released(directory: Path, fingerprint: dict, target_config) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors under harness names and a harness config (architecture: draft vocabulary, fused layers)."""
-    config, tensors = read_released_files(directory)
-    if "draft_vocab_size" not in config:
+    if "draft_vocab_size" not in json.loads((directory / "config.json").read_text()):
         raise UserError(f"{directory} has no draft_vocab_size in config.json: not an EAGLE-3 checkpoint "
                         f"(EAGLE-2 / HASS drafts load with --methods eagle2 or hass)")
+    config, tensors = read_released_files(directory)
     saved = {"model_id": config.get("_name_or_path") or str(directory), "vocab_size": config.get("vocab_size"),
              "hidden_size": config.get("hidden_size")}
     ckpt.check_fingerprint(saved, fingerprint, directory)
