@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from harness.errors import UserError
 from harness.train.data import Batch
@@ -71,15 +71,6 @@ def draft_vocabulary(data, size: int, target_vocab: int) -> Tensor:
     return torch.tensor(sorted(ranked), dtype=torch.long)
 
 
-def step_mask(length: int, step: int, dtype: torch.dtype, device) -> Tensor:
-    """[1, 1, L, (step+1) L] additive mask of unroll step ``step`` (0-based) over the keys of steps 0..step."""
-    t = torch.arange(length, device=device)
-    allowed = [t[None, :] <= t[:, None]] + [t[None, :] == t[:, None]] * step
-    allowed = torch.cat(allowed, dim=1)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
-
-
 def shift(x: Tensor, by: int) -> Tensor:
     """x[:, t + by] at index t (zeros past the end), along dim 1."""
     if by == 0:
@@ -90,18 +81,59 @@ def shift(x: Tensor, by: int) -> Tensor:
 
 def unroll(net: nn.Module, embed: nn.Embedding, ids: Tensor, fused: Tensor, steps: int) -> list[Tensor]:
     """Outputs [B, L-1, H] of each step: index t of step i is the draft after the real context up to t and
-    i of its own features, having been fed x_{t+1+i}. ``ids`` [B, L]; ``fused`` [B, L, k*H] layer inputs."""
+    i of its own features, having been fed x_{t+1+i}. ``ids`` [B, L]; ``fused`` [B, L, k*H] layer inputs.
+
+    The attention is computed as the reference computes it (cnets.py ``cache_hidden``): causal scores over
+    the step-0 keys plus one diagonal score per later step (q_t . k_j,t), under one softmax, so a step costs
+    O(L^2 + L*i) rather than the O(L^2 * i) of a dense [L, (i+1)L] mask. The draft layer at inference
+    (Eagle3Layer.forward, LlamaAttention) is not used here; ``ttt_layer`` repeats its math."""
     batch, length = ids.shape[0], ids.shape[1] - 1
     hidden = net.fuse(fused[:, :-1])
-    cache = Cache(layer_class_to_replicate=DynamicLayer)
     positions = torch.arange(length, device=ids.device)[None].expand(batch, -1)
+    keys: list[Tensor] = []
+    values: list[Tensor] = []
+    causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
     outputs = []
     for i in range(steps):
         with torch.no_grad():
             embeds = embed(shift(ids[:, 1:], i)).to(hidden.dtype)
-        hidden = net(embeds, hidden, positions + i, step_mask(length, i, hidden.dtype, ids.device), cache)
+        hidden = ttt_layer(net, embeds, hidden, positions + i, keys, values, causal)
         outputs.append(hidden)
     return outputs
+
+
+def ttt_layer(net: nn.Module, embeds: Tensor, hidden: Tensor, positions: Tensor, keys: list[Tensor],
+              values: list[Tensor], causal: Tensor) -> Tensor:
+    """Eagle3Net.forward + Eagle3Layer.forward for one unroll step, appending this step's keys / values
+    ([B, kv heads, 1, L, d], after rope) to ``keys`` / ``values``; entry 0 is attended causally, the
+    others at the query's own index only."""
+    layer = net.midlayer
+    attn = layer.self_attn
+    hidden = hidden.to(embeds.dtype)
+    cos, sin = net.rotary(hidden, positions)
+    x = torch.cat([layer.input_layernorm(embeds), layer.hidden_norm(hidden)], dim=-1)
+    batch, length = x.shape[:2]
+    d, groups = attn.head_dim, attn.num_key_value_groups
+    q = attn.q_proj(x).view(batch, length, -1, d).transpose(1, 2)
+    k = attn.k_proj(x).view(batch, length, -1, d).transpose(1, 2)
+    v = attn.v_proj(x).view(batch, length, -1, d).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    kv_heads = k.shape[1]
+    keys.append(k[:, :, None])                       # [B, kvh, 1, L, d]: each kv head serves ``groups`` heads
+    values.append(v[:, :, None])
+    q = q.reshape(batch, kv_heads, groups, length, d) * attn.scaling
+    main = q @ keys[0].transpose(-1, -2)             # [B, kvh, g, L, L]
+    main = main.masked_fill(~causal, torch.finfo(main.dtype).min)
+    if len(keys) > 1:
+        extra = torch.stack([(q * kj).sum(-1) for kj in keys[1:]], dim=-1)     # [B, kvh, g, L, i]
+        probs = torch.softmax(torch.cat([main, extra], dim=-1), dim=-1)
+        out = probs[..., :length] @ values[0]
+        out = out + (probs[..., length:, None] * torch.stack(values[1:], dim=-2)).sum(-2)
+    else:
+        out = torch.softmax(main, dim=-1) @ values[0]
+    out = out.reshape(batch, kv_heads * groups, length, d).transpose(1, 2).reshape(batch, length, -1)
+    hidden = hidden + attn.o_proj(out)
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 class Eagle3Objective:
@@ -132,9 +164,11 @@ class Eagle3Objective:
         row[mask] = torch.arange(int(mask.sum()), device=mask.device)
         with torch.no_grad():
             wanted = batch.hidden[:, 1:][mask]
-            top = self.target_logits(wanted).argmax(-1)
+            logits = self.target_logits(wanted)      # once: the draft columns are read from the full logits
+            top = logits.argmax(-1)
             columns = net.to_target(torch.arange(net.draft_vocab_size, device=mask.device))
-            logp = torch.log_softmax(self.target_logits(wanted, columns), dim=-1)
+            logp = torch.log_softmax(logits[:, columns], dim=-1)
+            del logits
         return outputs, mask, row, top, logp
 
     @staticmethod
