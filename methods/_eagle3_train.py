@@ -247,15 +247,15 @@ class Eagle3Objective:
             scales.append(scale)
             counted.append(int(at.sum()))
         outputs = unroll(net, self.target.embed, batch.ids, batch.layers, self.cfg.steps, wanted)
+        probs, best = logp.exp(), logp.argmax(-1)     # once for all steps (each step reads a subset of rows)
         total, logs = 0.0, {}
         for i, out in enumerate(outputs):
             (rows, where), scale = chosen[i], scales[i]
-            target_logp = logp[rows]
             draft_logp = torch.log_softmax(net.head(out[where[:, 0], where[:, 1]]).float(), dim=-1)
-            ce = -(target_logp.exp() * draft_logp).sum() * scale / count
+            ce = -(probs[rows] * draft_logp).sum() * scale / count
             total = total + self.cfg.step_weight ** i * ce
             logs[f"ce{i + 1}"] = float(ce.detach())
-            hits = (draft_logp.argmax(-1) == target_logp.argmax(-1)).sum() * scale
+            hits = (draft_logp.argmax(-1) == best[rows]).sum() * scale
             logs[f"acc{i + 1}"] = float(hits) / max(counted[i], 1)
         logs["loss"] = float(total.detach())
         return total, logs
