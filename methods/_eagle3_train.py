@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from harness.errors import UserError
 from harness.train.data import Batch
@@ -71,15 +71,6 @@ def draft_vocabulary(data, size: int, target_vocab: int) -> Tensor:
     return torch.tensor(sorted(ranked), dtype=torch.long)
 
 
-def step_mask(length: int, step: int, dtype: torch.dtype, device) -> Tensor:
-    """[1, 1, L, (step+1) L] additive mask of unroll step ``step`` (0-based) over the keys of steps 0..step."""
-    t = torch.arange(length, device=device)
-    allowed = [t[None, :] <= t[:, None]] + [t[None, :] == t[:, None]] * step
-    allowed = torch.cat(allowed, dim=1)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
-
-
 def shift(x: Tensor, by: int) -> Tensor:
     """x[:, t + by] at index t (zeros past the end), along dim 1."""
     if by == 0:
@@ -88,20 +79,109 @@ def shift(x: Tensor, by: int) -> Tensor:
     return torch.cat([x[:, by:], pad], dim=1)
 
 
-def unroll(net: nn.Module, embed: nn.Embedding, ids: Tensor, fused: Tensor, steps: int) -> list[Tensor]:
+def unroll(net: nn.Module, embed: nn.Embedding, ids: Tensor, fused: Tensor, steps: int,
+           wanted: list[Tensor] | None = None) -> list[Tensor]:
     """Outputs [B, L-1, H] of each step: index t of step i is the draft after the real context up to t and
-    i of its own features, having been fed x_{t+1+i}. ``ids`` [B, L]; ``fused`` [B, L, k*H] layer inputs."""
+    i of its own features, having been fed x_{t+1+i}. ``ids`` [B, L]; ``fused`` [B, L, k*H] layer inputs.
+
+    The attention is computed as the reference computes it (cnets.py ``cache_hidden``): causal scores over
+    the step-0 keys plus one diagonal score per later step (q_t . k_j,t), under one softmax, so a step costs
+    O(L^2 + L*i) rather than the O(L^2 * i) of a dense [L, (i+1)L] mask. The draft layer at inference
+    (Eagle3Layer.forward, LlamaAttention) is not used here; ``ttt_layer`` repeats its math.
+
+    ``wanted``: per step, a bool [B, L-1] mask of the indices whose output the caller reads. Index t of step
+    i > 0 only feeds index t of later steps (step 0's keys are the only ones shared across indices), so
+    steps past 0 run only at the indices wanted at that step or later; other indices of their outputs are 0.
+    Without it every index of every step is computed."""
     batch, length = ids.shape[0], ids.shape[1] - 1
+    device = ids.device
     hidden = net.fuse(fused[:, :-1])
-    cache = Cache(layer_class_to_replicate=DynamicLayer)
-    positions = torch.arange(length, device=ids.device)[None].expand(batch, -1)
-    outputs = []
+    every = torch.arange(length, device=device)[None].expand(batch, -1)
+    tokens = torch.cat([ids[:, 1:], ids.new_zeros(batch, steps + 1)], dim=1)   # x_{t+1+i}; 0 past the end
+    needed = None
+    if wanted is not None:
+        needed = [None] * steps
+        later = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        for i in reversed(range(1, steps)):
+            later = later | wanted[i]
+            needed[i] = later
+    past: dict = {"extra_k": [], "extra_v": []}
+    outputs, index = [], every
     for i in range(steps):
+        if i > 0:
+            previous = index
+            index = every if needed is None else packed_indices(needed[i], length)
+            if index.shape[1] == 0:
+                outputs += [torch.zeros_like(outputs[-1])] * (steps - i)
+                break
+            canvas = canvas_of(hidden, previous, length)
+            hidden = canvas.gather(1, index[..., None].expand(-1, -1, canvas.shape[-1]))
         with torch.no_grad():
-            embeds = embed(shift(ids[:, 1:], i)).to(hidden.dtype)
-        hidden = net(embeds, hidden, positions + i, step_mask(length, i, hidden.dtype, ids.device), cache)
-        outputs.append(hidden)
+            embeds = embed(tokens.gather(1, (index + i).clamp(max=tokens.shape[1] - 1))).to(hidden.dtype)
+        hidden = ttt_layer(net, embeds, hidden, index, i, past, length)
+        outputs.append(hidden if i == 0 else canvas_of(hidden, index, length)[:, :length])
     return outputs
+
+
+def packed_indices(needed: Tensor, length: int) -> Tensor:
+    """[B, n] indices of the True entries of each row of ``needed`` [B, L] (ascending), n the largest count;
+    rows with fewer are padded with ``length`` (a spare index whose results are dropped)."""
+    counts = needed.sum(1)
+    n = int(counts.max()) if counts.numel() else 0
+    order = torch.sort((~needed).to(torch.int8), dim=1, stable=True).indices[:, :n]
+    pad = torch.arange(n, device=needed.device)[None] >= counts[:, None]
+    return order.masked_fill(pad, length)
+
+
+def canvas_of(packed: Tensor, index: Tensor, length: int) -> Tensor:
+    """[B, n, ...] rows at ``index`` [B, n] -> [B, L+1, ...] (zeros elsewhere; the pads land at index L)."""
+    canvas = packed.new_zeros(packed.shape[0], length + 1, *packed.shape[2:])
+    where = index.view(*index.shape, *([1] * (packed.dim() - 2))).expand_as(packed)
+    return canvas.scatter(1, where, packed)
+
+
+def ttt_layer(net: nn.Module, embeds: Tensor, hidden: Tensor, index: Tensor, step: int, past: dict,
+              length: int) -> Tensor:
+    """Eagle3Net.forward + Eagle3Layer.forward for unroll step ``step`` at indices ``index`` [B, n] (rope
+    position index + step): attention over the step-0 keys at indices <= index and the keys of steps
+    1..step at the same index. Step 0 (all indices) records its keys / values in ``past``; later steps add
+    theirs as [B, L+1, kv heads, d] canvases."""
+    layer, attn = net.midlayer, net.midlayer.self_attn
+    hidden = hidden.to(embeds.dtype)
+    cos, sin = net.rotary(hidden, index + step)
+    x = torch.cat([layer.input_layernorm(embeds), layer.hidden_norm(hidden)], dim=-1)
+    batch, n = x.shape[:2]
+    d, groups = attn.head_dim, attn.num_key_value_groups
+    q = attn.q_proj(x).view(batch, n, -1, d)
+    k = attn.k_proj(x).view(batch, n, -1, d)
+    v = attn.v_proj(x).view(batch, n, -1, d)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+    kv_heads = k.shape[2]
+    # [B, kvh, g, n, d]: head h reads kv head h // g (LlamaAttention's repeat_kv)
+    q = q.view(batch, n, kv_heads, groups, d).permute(0, 2, 3, 1, 4) * attn.scaling
+    if step == 0:
+        past["k0"], past["v0"] = k.permute(0, 2, 1, 3)[:, :, None], v.permute(0, 2, 1, 3)[:, :, None]
+        extra_k, extra_v = [], []
+    else:
+        past["extra_k"].append(canvas_of(k, index, length))
+        past["extra_v"].append(canvas_of(v, index, length))
+        at = index[..., None, None].expand(-1, -1, kv_heads, d)
+        extra_k = [k] + [c.gather(1, at) for c in past["extra_k"][:-1]]
+        extra_v = [v] + [c.gather(1, at) for c in past["extra_v"][:-1]]
+    main = q @ past["k0"].transpose(-1, -2)                            # [B, kvh, g, n, L]
+    future = torch.arange(length, device=index.device)[None, None] > index[..., None]   # [B, n, L]
+    main = main.masked_fill(future[:, None, None], torch.finfo(main.dtype).min)
+    if extra_k:
+        extra = torch.stack([(q * kj.permute(0, 2, 1, 3)[:, :, None]).sum(-1) for kj in extra_k], dim=-1)
+        probs = torch.softmax(torch.cat([main, extra], dim=-1), dim=-1)           # [B, kvh, g, n, L + i]
+        out = probs[..., :length] @ past["v0"]
+        vals = torch.stack([vj.permute(0, 2, 1, 3) for vj in extra_v], dim=-2)[:, :, None]  # [B, kvh, 1, n, i, d]
+        out = out + (probs[..., length:, None] * vals).sum(-2)
+    else:
+        out = torch.softmax(main, dim=-1) @ past["v0"]
+    out = out.permute(0, 3, 1, 2, 4).reshape(batch, n, -1)
+    hidden = hidden + attn.o_proj(out)
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 class Eagle3Objective:
@@ -120,22 +200,23 @@ class Eagle3Objective:
             logits = torch.tanh(logits / self.target.softcap) * self.target.softcap
         return logits
 
-    def prepare(self, net: nn.Module, batch: Batch, steps: int) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor]:
-        """(step outputs, loss mask m [B, L-1] of the fed x_{t+1}, row [B, L-1] of each loss position in the
-        next two (-1 elsewhere), the target's top-1 ids [M] and log-probabilities over the draft vocabulary
-        [M, V_d] of the prediction made after x_{t+1}, at the M loss positions)."""
+    def prepare(self, net: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(loss mask m [B, L-1] of the fed x_{t+1}, row [B, L-1] of each loss position in the next two (-1
+        elsewhere), the target's top-1 ids [M] and log-probabilities over the draft vocabulary [M, V_d] of
+        the prediction made after x_{t+1}, at the M loss positions)."""
         if batch.layers is None:
             raise UserError(NO_LAYERS.format(where="this batch"))
-        outputs = unroll(net, self.target.embed, batch.ids, batch.layers, steps)
         mask = (batch.loss_mask & batch.valid)[:, 1:]
         row = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
         row[mask] = torch.arange(int(mask.sum()), device=mask.device)
         with torch.no_grad():
             wanted = batch.hidden[:, 1:][mask]
-            top = self.target_logits(wanted).argmax(-1)
+            logits = self.target_logits(wanted)      # once: the draft columns are read from the full logits
+            top = logits.argmax(-1)
             columns = net.to_target(torch.arange(net.draft_vocab_size, device=mask.device))
-            logp = torch.log_softmax(self.target_logits(wanted, columns), dim=-1)
-        return outputs, mask, row, top, logp
+            logp = torch.log_softmax(logits[:, columns], dim=-1)
+            del logits
+        return mask, row, top, logp
 
     @staticmethod
     def at_step(mask: Tensor, row: Tensor, step: int) -> tuple[Tensor, Tensor]:
@@ -144,25 +225,38 @@ class Eagle3Objective:
         return at, shift(row, step)[at]
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        outputs, mask, row, top, logp = self.prepare(net, batch, self.cfg.steps)
+        mask, row, top, logp = self.prepare(net, batch)
         count = max(int(mask.sum()), 1)
         in_vocab = net.t2d[top]
-        total, logs = 0.0, {}
-        for i, out in enumerate(outputs):
+        # The positions each step's loss reads (and the ce_sample draw, made here so the unroll computes only
+        # those positions): [K, 2] (b, t) each, in the order out[at][keep][pick] would give.
+        chosen, wanted, scales, counted = [], [], [], []
+        for i in range(self.cfg.steps):
             at, rows = self.at_step(mask, row, i)
             keep = in_vocab[rows]        # target top-1 outside the draft vocabulary: no loss at that position
-            rows, chosen = rows[keep], out[at][keep]
+            where = at.nonzero()[keep]
+            rows = rows[keep]
             scale = 1.0
             if self.cfg.ce_sample and rows.shape[0] > self.cfg.ce_sample:
                 pick = torch.randperm(rows.shape[0], device=rows.device)[:self.cfg.ce_sample]
-                rows, chosen, scale = rows[pick], chosen[pick], rows.shape[0] / self.cfg.ce_sample
-            target_logp = logp[rows]
-            draft_logp = torch.log_softmax(net.head(chosen).float(), dim=-1)
-            ce = -(target_logp.exp() * draft_logp).sum() * scale / count
+                rows, where, scale = rows[pick], where[pick], rows.shape[0] / self.cfg.ce_sample
+            used = torch.zeros_like(mask)
+            used[where[:, 0], where[:, 1]] = True
+            chosen.append((rows, where))
+            wanted.append(used)
+            scales.append(scale)
+            counted.append(int(at.sum()))
+        outputs = unroll(net, self.target.embed, batch.ids, batch.layers, self.cfg.steps, wanted)
+        probs, best = logp.exp(), logp.argmax(-1)     # once for all steps (each step reads a subset of rows)
+        total, logs = 0.0, {}
+        for i, out in enumerate(outputs):
+            (rows, where), scale = chosen[i], scales[i]
+            draft_logp = torch.log_softmax(net.head(out[where[:, 0], where[:, 1]]).float(), dim=-1)
+            ce = -(probs[rows] * draft_logp).sum() * scale / count
             total = total + self.cfg.step_weight ** i * ce
             logs[f"ce{i + 1}"] = float(ce.detach())
-            hits = (draft_logp.argmax(-1) == target_logp.argmax(-1)).sum() * scale
-            logs[f"acc{i + 1}"] = float(hits) / max(int(at.sum()), 1)
+            hits = (draft_logp.argmax(-1) == best[rows]).sum() * scale
+            logs[f"acc{i + 1}"] = float(hits) / max(counted[i], 1)
         logs["loss"] = float(total.detach())
         return total, logs
 
@@ -170,7 +264,9 @@ class Eagle3Objective:
     def evaluate(self, net: nn.Module, batch: Batch, depths: int) -> dict[str, tuple[float, int]]:
         """Top-1 agreement with the target's full-vocabulary top-1 at depths 1..depths (tokens outside the
         draft vocabulary count as misses): (hits, count)."""
-        outputs, mask, row, top, _ = self.prepare(net, batch, depths)
+        mask, row, top, _ = self.prepare(net, batch)
+        wanted = [self.at_step(mask, row, i)[0] for i in range(depths)]
+        outputs = unroll(net, self.target.embed, batch.ids, batch.layers, depths, wanted)
         out = {}
         for i, pred in enumerate(outputs):
             at, rows = self.at_step(mask, row, i)

@@ -100,6 +100,72 @@ def test_training_unroll_equals_tree_drafting_levels():
     assert checked >= 5 and max(len(p) for p in [path]) >= 1
 
 
+def dense_unroll(net, embed, ids, fused, steps, wanted=None):
+    """The unroll as a dense attention (the formulation before the diagonal one): a cache of all steps' keys,
+    (i+1)L of them at step i, and an additive [L, (i+1)L] mask (step-0 keys causal, step-j keys at t only)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+    from methods._eagle3_train import shift
+    batch, length = ids.shape[0], ids.shape[1] - 1
+    hidden = net.fuse(fused[:, :-1])
+    cache = Cache(layer_class_to_replicate=DynamicLayer)
+    positions = torch.arange(length)[None].expand(batch, -1)
+    t = torch.arange(length)
+    outputs = []
+    for i in range(steps):
+        embeds = embed(shift(ids[:, 1:], i)).to(hidden.dtype)
+        allowed = torch.cat([t[None, :] <= t[:, None]] + [t[None, :] == t[:, None]] * i, dim=1)
+        mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[None, None]
+        hidden = net(embeds, hidden, positions + i, mask, cache)
+        outputs.append(hidden)
+    return outputs
+
+
+@pytest.mark.parametrize("ce_sample", [0, 6])
+def test_diagonal_unroll_equals_the_dense_attention_in_loss_and_gradients(monkeypatch, ce_sample):
+    """The unroll's causal-plus-diagonal attention, run only at the positions the loss reads, gives the dense
+    [L, (i+1)L]-mask formulation's outputs, loss and gradients (fp32, GQA: 4 heads over 2 kv heads)."""
+    import methods._eagle3_train as train
+    from harness.train.data import Batch
+    target = tiny_target("llama")
+    net, objective = Eagle3.training_setup(target, None, draft_vocab=40, steps=4, ce_sample=ce_sample)
+    torch.manual_seed(1)
+    for param in net.parameters():                  # sharper attention than the default init
+        param.data.normal_(0, 0.3)
+    ids = torch.randint(2, 96, (3, 21))
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[2, 15:] = False
+    batch = Batch(ids, torch.randn(3, 21, 32), torch.rand(3, 21) < 0.7, valid, torch.randn(3, 21, 96))
+    fast = unroll(net, target.embed, ids, batch.layers, 4)
+    dense = dense_unroll(net, target.embed, ids, batch.layers, 4)
+    for a, b in zip(fast, dense):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    some = [torch.rand(3, 20) < 0.3 for _ in range(4)]      # only the wanted positions (and what they need)
+    for i, (a, b) in enumerate(zip(unroll(net, target.embed, ids, batch.layers, 4, some), dense)):
+        needed = torch.stack(some[max(i, 1):]).any(0) if i else torch.ones(3, 20, dtype=torch.bool)
+        torch.testing.assert_close(a[needed], b[needed], atol=1e-5, rtol=1e-5)
+    results = []
+    for how in (train.unroll, dense_unroll):
+        monkeypatch.setattr(train, "unroll", how)
+        net.zero_grad(set_to_none=True)
+        torch.manual_seed(2)
+        loss, logs = objective.loss(net, batch)
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in net.named_parameters()}, logs))
+    (loss, grads, logs), (dense_loss, dense_grads, dense_logs) = results
+    assert float(loss) > 0 and logs.keys() == dense_logs.keys()
+    for name in logs:
+        assert abs(logs[name] - dense_logs[name]) < 1e-5, name
+    evals = []
+    for how in (train.unroll, dense_unroll):
+        monkeypatch.setattr(train, "unroll", how)
+        evals.append(objective.evaluate(net, batch, 4))
+    assert evals[0] == evals[1]
+    torch.testing.assert_close(loss, dense_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == dense_grads.keys() and len(grads) > 5
+    for name in grads:
+        torch.testing.assert_close(grads[name], dense_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_d2t_and_t2d_round_trip():
     vocab = torch.tensor([3, 0, 17, 95, 40])
     d2t, t2d = vocab_maps(vocab, 96)
