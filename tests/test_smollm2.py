@@ -82,8 +82,8 @@ def sky_blue_vanilla(smol):
 SKY_TOKENS = 32
 
 
-@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.2), ("hass", 1.2), ("fspad", 1.2), ("coral", 1.2),
-                                             ("medusa", 1.2)])
+@pytest.mark.parametrize("method, min_tau", [("eagle2", 1.2), ("eagle3", 1.2), ("hass", 1.2), ("fspad", 1.2),
+                                             ("coral", 1.2), ("medusa", 1.2)])
 def test_every_committed_draft_is_lossless_and_accepts_drafts(smol, sky_blue_vanilla, method, min_tau):
     cls = METHODS.get(method)
     if not cls.default_checkpoint(smol).exists():
