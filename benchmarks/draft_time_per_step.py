@@ -1,11 +1,12 @@
-"""Draft time per decoding step (sum of draft_time / sum of decoding_steps) per method and suite of a run: python benchmarks/draft_time_per_step.py RUN_DIR."""
-import json, sys, pathlib
-run = pathlib.Path(sys.argv[1])
-for f in sorted(run.glob("answers/*/*.jsonl")):
-    draft = steps = 0.0
-    for line in f.read_text().splitlines():
-        row = json.loads(line)
-        draft += sum(row.get("draft_time") or [])
-        steps += sum(sum(ch.get("decoding_steps") or []) for ch in row.get("choices", []))
-    if steps:
-        print(f"{f.parent.name:8s} {f.stem:28s} draft ms/step {1000 * draft / steps:7.1f}  steps {int(steps)}")
+"""Draft time per decoding step of each method in a run (the rows' draft time over their decoding steps,
+pooled over questions): python benchmarks/draft_time_per_step.py RUN_DIR."""
+import sys
+from pathlib import Path
+
+from harness import metrics
+
+frame = metrics.load_frame(sorted(Path(sys.argv[1]).glob("answers/*/*.jsonl")))
+totals = frame.groupby(["suite", "method", "temperature"])[["draft_time", "steps"]].sum()
+for (suite, method, temperature), row in totals.iterrows():
+    print(f"{suite:8s} {method:10s} T={temperature:g}  draft ms/step {1000 * row.draft_time / row.steps:7.1f}"
+          f"  steps {int(row.steps)}")
