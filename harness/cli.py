@@ -167,6 +167,9 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-layers", type=_csv, default=(),
                    help="also store these decoder layers' inputs, concatenated (EAGLE-3: "
                         "'eagle3' = layers 2, N//2, N-3 of an N-layer target)")
+    p.add_argument("--answers", type=Path, default=None,
+                   help="folder of the answers alone, reused when present (default: OUT/answers); the committed "
+                        "checkpoints/smollm2-135m/datagen-answers rebuilds the SmolLM2 data without generating")
     p.add_argument("--workers", type=int, default=None,
                    help="make shards on N Ray workers, one device each (needs pip install -e '.[cluster]')")
     p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
@@ -179,7 +182,7 @@ def _datagen(args: argparse.Namespace, argv: list[str]) -> None:
         target=args.target, out=args.out, sources=args.prompts, max_samples=args.max_samples,
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         temperature=args.temperature, seed=args.seed, data_dir=args.data_dir,
-        feature_layers=tuple(args.feature_layers))
+        feature_layers=tuple(args.feature_layers), answers=args.answers)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be a positive number of Ray workers")
     if args.cluster and not args.workers:

@@ -101,6 +101,7 @@ def generate(target: Target, drafter: Drafter, verifier: Verifier, prompt: Tenso
              stop_ids: frozenset[int], sampling: SamplingParams, rng: torch.Generator) -> Generation:
     """Decode one turn for prompt [T]; batch size 1. PromptTooLong when the prompt leaves no room."""
     check_prompt_fits(target, prompt)
+    target.use_taps(drafter.taps)
     sync = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     gen = Generation()
     start = time.perf_counter()

@@ -23,6 +23,10 @@ __all__ = ["METHODS", "Drafter"]
 
 
 class Drafter(Method):
+    # Target layers whose outputs this drafter reads (TargetOut.taps). The decoding loop asks the target for
+    # them at each turn, so a run's other methods (vanilla above all) never pay for hidden states they ignore.
+    taps: tuple[int, ...] = ()
+
     def __init__(self, target: Target, checkpoint: str | None = None, **options: Any) -> None:
         super().__init__(target, checkpoint, **options)
         self.sampling = SamplingParams()

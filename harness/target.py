@@ -195,6 +195,10 @@ class Target:
         out = self._forward(ids, positions, mask, logits_from=0)
         return out.hidden, out.logits, out.taps
 
+    def use_taps(self, layers: tuple[int, ...]) -> None:
+        """The layers whose outputs the next forwards return as ``taps`` (what the turn's drafter reads)."""
+        self.tap_layers = tuple(layers)
+
     def commit(self, path: Tensor) -> None:
         """Keep the KV of the tree nodes on path ([a+1] node ids, ascending) after the committed prefix."""
         in_place = path.tolist() == list(range(path.shape[0]))   # checked here, on the host, once

@@ -121,11 +121,12 @@ class EagleObjective:
     def evaluate(self, net: nn.Module, batch: Batch, depths: int) -> dict[str, tuple[float, int]]:
         """Top-1 agreement with the target at depths 1..depths (own features fed back): (hits, count)."""
         embeds, features, target, mask = self.inputs(batch, noise=0.0)
+        target_top = self.head(target[mask]).argmax(-1)   # once for every depth: the head dominates evaluation
         out = {}
         for j, pred in enumerate(self.predict(net, embeds, features, depths), 1):
             # Depth j needs j-1 earlier positions inside the sample; shorter contexts are not counted.
             usable = mask.clone()
             usable[:, : j - 1] = False
-            hits = (self.head(net.split(pred)[0][usable]).argmax(-1) == self.head(target[usable]).argmax(-1)).sum()
+            hits = (self.head(net.split(pred)[0][usable]).argmax(-1) == target_top[usable[mask]]).sum()
             out[f"top1_depth{j}"] = (int(hits), int(usable.sum()))
         return out

@@ -4,7 +4,7 @@ Network (SafeAILab/EAGLE@cb7e084 ``eagle/model/cnets.py`` ``Model`` and ``LlamaD
 trainer's copy ``eagle/traineagle3/cnets.py`` is the same network; docs/reference.md §1.9, arXiv 2503.01840):
 
 - the target's hidden states at the *inputs* of decoder layers 2, N//2 and N-3 (``eagle3_layers`` in
-  harness/train/datagen.py; ``Target.tap_layers`` gives layer outputs, so the taps are those layers - 1),
+  harness/train/datagen.py; taps are layer outputs, so ``Eagle3.taps`` are those layers - 1),
   concatenated (3H) and projected by ``fc`` (3H -> H, no bias);
 - one Llama decoder layer ``midlayer`` whose attention input is [input_layernorm(e(x_{t+1})),
   hidden_norm(h_t)] (2H wide: q/k/v read 2H, o_proj writes H); the residual is h_t itself (before
@@ -165,8 +165,8 @@ class Eagle3(Eagle2):
         if self.options.top_k > self.net.draft_vocab_size:
             raise UserError(f"eagle3.top_k={self.options.top_k} exceeds the draft vocabulary "
                             f"({self.net.draft_vocab_size} tokens)")
-        # Target.tap_layers are layer outputs; EAGLE-3 reads layer inputs (input of 0 = embeddings, index -1).
-        target.tap_layers = tuple(i - 1 for i in self.net.layers)
+        # Taps are layer outputs; EAGLE-3 reads layer inputs (input of 0 = embeddings, index -1).
+        self.taps = tuple(i - 1 for i in self.net.layers)
 
     # ---- drafting: EAGLE-2's tree over fused features and a draft-vocabulary head -----------------------
 
@@ -181,7 +181,7 @@ class Eagle3(Eagle2):
     def fused(self, out: TargetOut, rows: Tensor | None = None) -> Tensor:
         """fc over the target's taps (at ``rows`` only: the accepted path of a tree forward)."""
         if len(out.taps) != len(self.net.layers):
-            raise UserError(f"eagle3 needs the target's taps at layers {self.target.tap_layers}, got {len(out.taps)}")
+            raise UserError(f"eagle3 needs the target's taps at layers {self.taps}, got {len(out.taps)}")
         return self.net.fuse(out.taps if rows is None else tuple(tap[rows] for tap in out.taps))
 
     def top_tokens(self, features: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -40,6 +40,7 @@ def test_greedy_output_equals_vanilla_with_a_smaller_draft_vocabulary(family):
 def test_tree_tokens_are_all_in_the_draft_vocabulary():
     target = tiny_target("llama")
     drafter = Eagle3(target, checkpoint="random", total_tokens=30, depth=3, top_k=5)
+    target.use_taps(drafter.taps)
     out = target.prefill(PROMPT)
     drafter.start(PROMPT, out, SamplingParams())
     tree = drafter.propose(torch.tensor(5))
@@ -73,6 +74,7 @@ def test_training_unroll_equals_tree_drafting_levels():
     as tree level i+1 at inference: the drafter's recorded cumulative scores of several paths."""
     target = tiny_target("llama")
     drafter = Eagle3(target, checkpoint="random", total_tokens=40, depth=3, top_k=3)
+    target.use_taps(drafter.taps)
     out = target.prefill(PROMPT)
     drafter.start(PROMPT, out, SamplingParams())
     captured = {}
@@ -375,12 +377,33 @@ def test_inference_taps_equal_the_features_datagen_stores():
     model = tiny_model("llama", layers=8)
     target = Target(model, tokenizer=None, model_id="tiny-8", max_len=128)
     drafter = Eagle3(target, checkpoint="random")
-    assert drafter.net.layers == (2, 4, 5) and target.tap_layers == (1, 3, 4)
+    assert drafter.net.layers == (2, 4, 5) and drafter.taps == (1, 3, 4)
     prompt, answer = [0, 7, 8, 9], [10, 11, 12]
+    target.use_taps(drafter.taps)
     out = target.prefill(torch.tensor(prompt + answer))
     with torch.no_grad():
         stored = _features(model, [answer], [prompt], eagle3_layers(8))[0][3]
     torch.testing.assert_close(torch.cat(out.taps, dim=-1), stored.float(), atol=2e-2, rtol=2e-2)   # bf16 storage
+
+
+def test_only_the_turn_that_needs_taps_asks_the_target_for_them():
+    """EAGLE-3 shares its target with the run's other methods: vanilla's turns after an eagle3 turn must not
+    compute every layer's hidden states (that would slow the speedup's denominator)."""
+    from harness.drafter import METHODS
+    target = tiny_target("llama", max_len=160)
+    eagle3 = Eagle3(target, checkpoint="random", total_tokens=10, depth=2, top_k=3)
+    vanilla = METHODS.get("vanilla")(target)
+    seen, prefill = [], target.prefill
+
+    def counting_prefill(prompt):
+        out = prefill(prompt)
+        seen.append(len(out.taps))
+        return out
+
+    target.prefill = counting_prefill
+    for drafter in (eagle3, vanilla, eagle3):
+        assert run(target, drafter, PROMPT, 8).tokens == hf_greedy(target.model, PROMPT, 8)
+    assert seen == [3, 0, 3]
 
 
 def test_cli_datagen_train_export_and_run(shared_data, tiny_dir, tmp_path):

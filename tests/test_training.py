@@ -3,9 +3,12 @@ import dataclasses
 import hashlib
 import json
 
+import pytest
 import torch
+from safetensors import safe_open
 
 from harness.decode import generate
+from harness.errors import UserError
 from harness.sampling import SamplingParams
 from harness.suite import SUITES, Question, Suite
 from harness.target import Target
@@ -71,6 +74,46 @@ def test_datagen_train_resume_and_load(training_data, tmp_path):
     gen = generate(target, drafter, Verifier(), prompt, max_new_tokens=20, stop_ids=frozenset({1}),
                    sampling=SamplingParams(), rng=torch.Generator())
     assert gen.tokens == hf_greedy(target.model, prompt, 20)
+
+
+def test_datagen_rebuilds_a_lost_folder_from_the_kept_answers_without_generating(training_data, tmp_path,
+                                                                                monkeypatch):
+    """The answers folder alone (what gets committed) gives the same shards back with the feature forward only;
+    answers made with other decoding settings are refused, and older folders get their answers on resume."""
+    from safetensors.torch import load_file
+    target_dir = save_tiny_target(tmp_path / "target")
+    kept = tmp_path / "kept"
+    config = datagen.DatagenConfig(target=target_dir, out=tmp_path / "first", sources=("gsm8k",), max_samples=8,
+                                   max_new_tokens=10, batch_size=4, shard_size=4, data_dir=training_data,
+                                   answers=kept)
+    datagen.run(config)
+    assert sorted(p.name for p in kept.iterdir()) == [datagen.shard_name(0), datagen.shard_name(1)]
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated although the answers were kept")
+
+    monkeypatch.setattr(datagen, "_generate", no_generation)
+    datagen.run(dataclasses.replace(config, out=tmp_path / "again"))
+    for index in (0, 1):
+        first = load_file(str(tmp_path / "first" / datagen.shard_name(index)))
+        again = load_file(str(tmp_path / "again" / datagen.shard_name(index)))
+        assert first.keys() == again.keys()
+        for key in first:
+            assert torch.equal(first[key], again[key]), key
+    manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert all(shard["answers_reused"] for shard in manifest["shards"])
+
+    with pytest.raises(UserError, match="max_new_tokens: 10 there, 11 here"):
+        datagen.run(dataclasses.replace(config, out=tmp_path / "other", max_new_tokens=11))
+
+    # A folder made without the answers on their own (an older run) gets them when it is resumed.
+    (kept / datagen.shard_name(1)).unlink()
+    monkeypatch.undo()
+    datagen.run(dataclasses.replace(config, out=tmp_path / "first"))
+    with safe_open(str(kept / datagen.shard_name(1)), "pt") as handle:
+        meta = json.loads(handle.metadata()["answer_meta"])
+    shard = load_file(str(tmp_path / "first" / datagen.shard_name(1)))
+    assert datagen.load_answers(kept / datagen.shard_name(1), meta) == datagen.answers_of(shard)
 
 
 def test_datagen_feature_layers_store_the_chosen_layer_inputs(shared_data, tmp_path):

@@ -10,9 +10,17 @@ resumes at the missing shards; ``manifest.json`` records the target fingerprint,
 sources and filtering, every setting, and per-shard counts and times. With ``workers`` (Ray,
 harness/cluster.py) the shards are made on Ray workers and written here; a shard depends only on its
 index (its prompts, batches and sampling seed), so the data is the same token for token.
+
+Generating the answers is nearly all the cost (one decoding step per token against one forward per sample for
+the features), so each shard's answers are also kept on their own in ``answers`` (token ids only, about 50 KB
+per shard: small enough to commit). A shard whose answers are there is rebuilt from them with the feature
+forward alone, which is how a folder lost with a machine comes back in minutes; the file records what the
+answers depend on (target, decoding settings, a digest of the shard's prompts) and other settings are refused.
+Ray workers read the answers folder when they share this file system and otherwise generate.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import deque
@@ -20,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -44,6 +53,11 @@ class DatagenConfig:
     dtype: str = "auto"
     device: str = "auto"
     feature_layers: tuple[str, ...] = ()   # decoder layers whose inputs are also stored; "eagle3": 2, N//2, N-3
+    answers: Path | None = None            # the answers-only copy (default: <out>/answers); a location, not a setting
+
+    @property
+    def answers_dir(self) -> Path:
+        return Path(self.answers) if self.answers is not None else Path(self.out) / "answers"
 
 
 class ShardMaker:
@@ -54,6 +68,7 @@ class ShardMaker:
         dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}.get(config.dtype) \
             or getattr(torch, config.dtype)
         self.config = config
+        self.decoding = {"dtype": str(dtype).removeprefix("torch."), "device_type": torch.device(device).type}
         prompts, self.prompt_stats = training_prompts(list(config.sources), config.data_dir, config.seed)
         loaded = loading.load(config.target or loading.default_spec(), dtype, device)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
@@ -70,17 +85,28 @@ class ShardMaker:
         start = time.perf_counter()
         torch.manual_seed(config.seed * 1_000_003 + index)   # sampled answers depend on the shard alone
         prompts = self.encoded[index * config.shard_size:(index + 1) * config.shard_size]
+        kept = load_answers(config.answers_dir / shard_name(index), self.answer_meta(prompts))
         samples = []
         for i in range(0, len(prompts), config.batch_size):
             chunk = prompts[i:i + config.batch_size]
-            samples += _features(self.model, _generate(self.model, self.tokenizer, chunk, self.stops, config),
-                                 chunk, self.layers)
+            answers = kept[i:i + config.batch_size] if kept is not None else \
+                _generate(self.model, self.tokenizer, chunk, self.stops, config)
+            samples += _features(self.model, answers, chunk, self.layers)
             progress(len(chunk))
         tensors = shard_tensors(samples)
         entry = {"file": shard_name(index), "samples": len(samples), "tokens": int(tensors["offsets"][-1]),
                  "answer_tokens": int(sum(int(s[1].sum()) for s in samples)),
-                 "seconds": round(time.perf_counter() - start, 2)}
+                 "seconds": round(time.perf_counter() - start, 2), "answers_reused": kept is not None,
+                 "answer_meta": self.answer_meta(prompts)}
         return tensors, entry
+
+    def answer_meta(self, prompts: list[list[int]]) -> dict:
+        """What a shard's answers depend on: the target, the decoding settings and the prompts themselves."""
+        config = self.config
+        digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
+        return {"model_id": self.fingerprint["model_id"], "vocab_size": self.fingerprint["vocab_size"],
+                "temperature": config.temperature, "seed": config.seed, "max_new_tokens": config.max_new_tokens,
+                "batch_size": config.batch_size, **self.decoding, "prompts_sha256": digest}
 
 
 class ShardWorker:
@@ -141,6 +167,7 @@ def run(config: DatagenConfig, workers: int | None = None, cluster: str | None =
             if started:
                 ray_cluster.require_ray().shutdown()
     maker = ShardMaker(config)
+    _keep_answers_of_made_shards(config, maker)
     return _write(config, maker.fingerprint, maker.prompt_stats, chat.template_name(maker.tokenizer),
                   len(maker.encoded), lambda todo, bar: (maker.make(index, bar.update) for index in todo),
                   per_batch=True)
@@ -156,7 +183,7 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     # As the manifest stores them (tuples become lists), so a resumed run compares like with like.
     # An unset feature_layers is left out, so folders made before it existed still resume.
     settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                                      if k != "out" and not (k == "feature_layers" and not v)}))
+                                      if k not in ("out", "answers") and not (k == "feature_layers" and not v)}))
     if manifest and (manifest["target"] != fingerprint or manifest["settings"] != settings):
         raise UserError(f"{out} holds data made with another target or settings; choose another --out")
     manifest = manifest or {"target": fingerprint, "settings": settings, "prompt_stats": prompt_stats,
@@ -167,6 +194,7 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     left = sum(min(config.shard_size, prompts - i * config.shard_size) for i in todo)
     bar = tqdm(total=prompts, initial=prompts - left, desc="datagen", unit="sample")
     for tensors, entry in make(todo, bar):
+        save_answers(config.answers_dir / entry["file"], answers_of(tensors), entry.pop("answer_meta"))
         save_shard(out / entry["file"], tensors)
         manifest["shards"] = sorted(manifest["shards"] + [entry], key=lambda shard: shard["file"])
         _save_json(manifest_path, manifest)
@@ -179,6 +207,51 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     if not manifest["shards"]:
         raise UserError("no training prompts fit --max-prompt-tokens; raise it or add sources")
     return out
+
+
+def _keep_answers_of_made_shards(config: DatagenConfig, maker: ShardMaker) -> None:
+    """Shards made before answers were kept on their own (or with another ``--answers``) get theirs now."""
+    manifest_path = Path(config.out) / "manifest.json"
+    shards = json.loads(manifest_path.read_text())["shards"] if manifest_path.is_file() else []
+    for shard in shards:
+        path = config.answers_dir / shard["file"]
+        index = int(shard["file"].removeprefix("shard_").split(".")[0])
+        if not path.is_file() and (Path(config.out) / shard["file"]).is_file():
+            with safe_open(str(Path(config.out) / shard["file"]), "pt") as handle:
+                tensors = {k: handle.get_tensor(k) for k in ("input_ids", "loss_mask", "offsets")}
+            prompts = maker.encoded[index * config.shard_size:(index + 1) * config.shard_size]
+            save_answers(path, answers_of(tensors), maker.answer_meta(prompts))
+
+
+def answers_of(tensors: dict) -> list[list[int]]:
+    """Each sample's answer (its loss-masked token ids) from a shard's tensors."""
+    offsets = tensors["offsets"].tolist()
+    ids, mask = tensors["input_ids"], tensors["loss_mask"].bool()
+    return [ids[a:b][mask[a:b]].tolist() for a, b in zip(offsets, offsets[1:])]
+
+
+def save_answers(path: Path, answers: list[list[int]], meta: dict) -> None:
+    """One shard's answers (int32 ids + offsets) with what they depend on in the file's metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = torch.tensor([0] + [len(a) for a in answers])
+    ids = torch.tensor([t for a in answers for t in a], dtype=torch.int32)
+    tmp = path.with_suffix(".tmp")
+    save_file({"ids": ids, "offsets": lengths.cumsum(0)}, str(tmp), metadata={"answer_meta": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def load_answers(path: Path, meta: dict) -> list[list[int]] | None:
+    """The answers kept at ``path`` (None when there are none); answers made otherwise are refused."""
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as handle:
+        kept = json.loads(handle.metadata()["answer_meta"])
+        if kept != meta:
+            differ = ", ".join(f"{k}: {kept.get(k)!r} there, {meta.get(k)!r} here"
+                               for k in sorted(set(kept) | set(meta)) if kept.get(k) != meta.get(k))
+            raise UserError(f"{path} holds answers made otherwise ({differ}); point --answers elsewhere")
+        ids, offsets = handle.get_tensor("ids").tolist(), handle.get_tensor("offsets").tolist()
+    return [ids[a:b] for a, b in zip(offsets, offsets[1:])]
 
 
 def _encode_prompts(tokenizer, prompts: list[str], config: DatagenConfig) -> list[list[int]]:
