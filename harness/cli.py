@@ -167,6 +167,9 @@ def _add_datagen(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-layers", type=_csv, default=(),
                    help="also store these decoder layers' inputs, concatenated (EAGLE-3: "
                         "'eagle3' = layers 2, N//2, N-3 of an N-layer target)")
+    p.add_argument("--topk-logprobs", type=int, default=0, metavar="K",
+                   help="also store the target's K most likely next tokens and their log-probs at every position "
+                        "(training then skips the target's LM head; EAGLE-2, HASS, FSPAD, CORAL)")
     p.add_argument("--answers", type=Path, default=None,
                    help="folder of the answers alone, reused when present (default: OUT/answers); the committed "
                         "checkpoints/smollm2-135m/datagen-answers rebuilds the SmolLM2 data without generating")
@@ -182,7 +185,7 @@ def _datagen(args: argparse.Namespace, argv: list[str]) -> None:
         target=args.target, out=args.out, sources=args.prompts, max_samples=args.max_samples,
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         temperature=args.temperature, seed=args.seed, data_dir=args.data_dir,
-        feature_layers=tuple(args.feature_layers), answers=args.answers)
+        feature_layers=tuple(args.feature_layers), topk_logprobs=args.topk_logprobs, answers=args.answers)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be a positive number of Ray workers")
     if args.cluster and not args.workers:

@@ -51,7 +51,7 @@ class Eagle3Loss:
 
 def data_layers(data, num_layers: int) -> tuple[int, ...]:
     """The decoder layers whose inputs the data stores (its ``--feature-layers``), refused when it has none."""
-    if not data.feature_layers or any(len(sample) < 4 for sample in data.samples[:1]):
+    if not data.feature_layers or any(sample.layers is None for sample in data.samples[:1]):
         raise UserError(NO_LAYERS.format(where=data.directory))
     return resolve_layers(data.feature_layers, num_layers)
 

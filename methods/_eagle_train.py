@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+from harness.errors import UserError
 from harness.train.data import Batch
 
 
@@ -82,30 +83,43 @@ class EagleObjective:
     def predict(self, net: nn.Module, embeds: Tensor, features: Tensor, passes: int) -> list[Tensor]:
         return aligned_passes(net, embeds, features, passes)
 
+    def soft_labels(self, batch: Batch, wanted: Tensor, mask: Tensor, sample: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The target's next-token distribution at the sampled loss positions: (p [N, V], None) from its LM head,
+        or, from data with stored top-K log-probs, (p [N, K] renormalised over the K, their ids [N, K])."""
+        if batch.topk_ids is None:
+            with torch.no_grad():
+                return torch.softmax(self.head(wanted[sample]), dim=-1), None
+        if self.cfg.topk_w and batch.topk_ids.shape[-1] < self.cfg.topk:
+            raise UserError(f"the data stores the top {batch.topk_ids.shape[-1]} log-probs; the loss's topk="
+                            f"{self.cfg.topk} needs at least that many (datagen --topk-logprobs)")
+        ids = batch.topk_ids[:, 1:][mask][sample]
+        p = batch.topk_logp[:, 1:][mask][sample].exp()
+        return p / p.sum(-1, keepdim=True), ids
+
     def loss(self, net: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         embeds, features, target, mask = self.inputs(batch, self.cfg.noise)
         wanted = target[mask]
         sample = torch.arange(wanted.shape[0], device=wanted.device)
         if self.cfg.ce_sample and wanted.shape[0] > self.cfg.ce_sample:
             sample = torch.randperm(wanted.shape[0], device=wanted.device)[: self.cfg.ce_sample]
-        with torch.no_grad():
-            target_logp = torch.log_softmax(self.head(wanted[sample]), dim=-1)
-        target_p = target_logp.exp()
+        target_p, target_ids = self.soft_labels(batch, wanted, mask, sample)
+        target_top = target_p.argmax(-1) if target_ids is None else target_ids[:, 0]
         total, logs = 0.0, {}
         outputs = self.predict(net, embeds, features, self.cfg.passes)
         for j, out in enumerate(outputs, 1):
             for_head, for_next = net.split(out)
             reg = F.smooth_l1_loss(for_next[mask], wanted, reduction="none").mean(-1).mean()
             logq = torch.log_softmax(self.head(for_head[mask][sample]), dim=-1)
-            ce = -(target_p * logq).sum(-1).mean()
+            logq_labels = logq if target_ids is None else logq.gather(-1, target_ids)
+            ce = -(target_p * logq_labels).sum(-1).mean()
             loss = self.cfg.v_w * reg + self.cfg.p_w * ce
-            if self.cfg.topk_w:
-                top_p, top_i = target_p.topk(self.cfg.topk, dim=-1)
-                loss = loss + self.cfg.topk_w * -(top_p * logq.gather(-1, top_i)).sum(-1).mean()
+            if self.cfg.topk_w:   # the K most likely (stored ids come sorted, most likely first)
+                top_p, top_at = target_p.topk(self.cfg.topk, dim=-1)
+                loss = loss + self.cfg.topk_w * -(top_p * logq_labels.gather(-1, top_at)).sum(-1).mean()
             total = total + loss / self.cfg.passes
             logs[f"reg{j}"], logs[f"ce{j}"] = reg.item(), ce.item()
-            logs[f"acc{j}"] = float((logq.argmax(-1) == target_logp.argmax(-1)).float().mean())
-        extra, extra_logs = self.cross_pass_loss(net, outputs, mask, sample, target_logp.argmax(-1))
+            logs[f"acc{j}"] = float((logq.argmax(-1) == target_top).float().mean())
+        extra, extra_logs = self.cross_pass_loss(net, outputs, mask, sample, target_top)
         total = total + extra
         logs.update(extra_logs)
         logs["loss"] = total.item()
@@ -121,7 +135,8 @@ class EagleObjective:
     def evaluate(self, net: nn.Module, batch: Batch, depths: int) -> dict[str, tuple[float, int]]:
         """Top-1 agreement with the target at depths 1..depths (own features fed back): (hits, count)."""
         embeds, features, target, mask = self.inputs(batch, noise=0.0)
-        target_top = self.head(target[mask]).argmax(-1)   # once for every depth: the head dominates evaluation
+        target_top = self.head(target[mask]).argmax(-1) if batch.topk_ids is None else \
+            batch.topk_ids[:, 1:][mask][:, 0]   # once for every depth: the head dominates evaluation
         out = {}
         for j, pred in enumerate(self.predict(net, embeds, features, depths), 1):
             # Depth j needs j-1 earlier positions inside the sample; shorter contexts are not counted.

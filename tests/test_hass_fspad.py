@@ -1,5 +1,6 @@
 """HASS and FSPAD: lossless drafting, FSPAD trees and checkpoints, HASS context alignment, short training runs."""
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -206,3 +207,49 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     drafter = cls(target, checkpoint=str(out), total_tokens=10, depth=2, top_k=3)
     prompt = torch.tensor([0, 5, 6, 7])
     assert greedy(target, drafter, prompt, 16).tokens == hf_greedy(target.model, prompt, 16)
+
+
+def with_stored_topk(target, batch, k: int):
+    """The batch as datagen --topk-logprobs K stores it: the target head's top-K log-probs at every position."""
+    with torch.no_grad():
+        top = torch.log_softmax(target.lm_head(batch.hidden).float(), -1).topk(k)
+    return dataclasses.replace(batch, topk_ids=top.indices, topk_logp=top.values)
+
+
+@pytest.mark.parametrize("method", ["eagle2", "hass", "coral"])
+def test_stored_top_k_log_probs_give_the_losses_of_the_lm_head_when_k_is_the_vocabulary(tmp_path, method):
+    """With K = V the stored labels are the full distribution: every loss term, its gradient and the
+    held-out metric equal the head-computed ones; with K < V the top-1 and the top-K term still do."""
+    target = tiny_target("llama")
+    cls = METHODS.get(method)
+    data = feature_data(target, tmp_path / "data")
+    sizes = {"num_groups": 4, "always_on": 8} if method == "coral" else {}
+    net, objective = cls.training_setup(target, data, noise=0.0, ce_sample=40, **sizes)
+    batch = data.collate(list(range(4)), "cpu")
+    vocab = target.lm_head.weight.shape[0]
+    results = []
+    for labelled in (batch, with_stored_topk(target, batch, vocab)):
+        torch.manual_seed(0)   # the same sampled positions
+        net.zero_grad()
+        loss, logs = objective.loss(net, labelled)
+        loss.backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+        results.append((loss.item(), logs, grads, objective.evaluate(net, labelled, 3)))
+    (loss_a, logs_a, grads_a, eval_a), (loss_b, logs_b, grads_b, eval_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-5) and eval_a == eval_b
+    assert logs_a.keys() == logs_b.keys() and all(logs_b[k] == pytest.approx(logs_a[k], rel=1e-4, abs=1e-6)
+                                                   for k in logs_a)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(0)
+    _, logs_k = objective.loss(net, with_stored_topk(target, batch, 12))
+    assert logs_k["acc1"] == pytest.approx(logs_a["acc1"]) and objective.evaluate(
+        net, with_stored_topk(target, batch, 12), 3) == eval_a
+
+
+def test_hass_refuses_fewer_stored_log_probs_than_its_top_k_term(tmp_path):
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")
+    net, objective = METHODS.get("hass").training_setup(target, data)
+    with pytest.raises(UserError, match="top 5 log-probs; the loss's topk=10"):
+        objective.loss(net, with_stored_topk(target, data.collate([0, 1], "cpu"), 5))

@@ -56,7 +56,7 @@ def test_datagen_train_resume_and_load(training_data, tmp_path):
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert [s["samples"] for s in manifest["shards"]] == [6, 6]
     data = FeatureData(tmp_path / "data")
-    ids, loss_mask, hidden = data.samples[0]
+    ids, loss_mask, hidden, *_ = data.samples[0]
     assert hidden.shape == (ids.shape[0], 32) and loss_mask.any() and not loss_mask.all()
 
     target = Target.load(target_dir)
@@ -135,6 +135,26 @@ def test_datagen_feature_layers_store_the_chosen_layer_inputs(shared_data, tmp_p
     torch.testing.assert_close(shard["hidden_layers"][:end].float(), expected.float(), atol=2e-2, rtol=2e-2)
     assert datagen.eagle3_layers(30) == (2, 15, 27)
     assert datagen.resolve_layers(("eagle3",), 30) == (2, 15, 27)
+
+
+def test_datagen_topk_logprobs_are_the_target_heads_and_reach_the_batches(training_data, tmp_path):
+    target_dir = save_tiny_target(tmp_path / "target")
+    config = datagen.DatagenConfig(target=target_dir, out=tmp_path / "data", sources=("gsm8k",), max_samples=3,
+                                   max_new_tokens=6, batch_size=3, shard_size=3, data_dir=training_data,
+                                   topk_logprobs=5)
+    datagen.run(config)
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["settings"]["topk_logprobs"] == 5
+    data = FeatureData(tmp_path / "data")
+    target = Target.load(target_dir)
+    ids = data.samples[0].ids
+    with torch.no_grad():
+        hidden = target.model.get_decoder()(input_ids=ids[None]).last_hidden_state[0]
+        expected = torch.log_softmax(target.lm_head(hidden), -1).topk(5)
+    assert torch.equal(data.samples[0].topk_ids.long(), expected.indices)
+    torch.testing.assert_close(data.samples[0].topk_logp.float(), expected.values, atol=2e-3, rtol=1e-3)   # fp16
+    batch = data.collate([0, 1, 2], "cpu")
+    assert batch.topk_ids.shape == (3, batch.ids.shape[1], 5) and batch.topk_logp.dtype == torch.float32
 
 
 def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):

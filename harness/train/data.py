@@ -1,9 +1,10 @@
 """Training data from datagen shards: samples in memory, a held-out split, and padded batches.
 
 A sample is (token ids [L], loss mask [L], target features [L, H]) and, in folders made with
-``datagen --feature-layers``, a fourth entry: the chosen decoder layers' inputs [L, k*H] (EAGLE-3's fused
-features; kept in bf16 until batched). The loss mask marks the target's own answer tokens. Batches are
-right-padded; ``valid`` marks real positions.
+``datagen --feature-layers``, the chosen decoder layers' inputs [L, k*H] (EAGLE-3's fused features; kept
+in bf16 until batched); with ``datagen --topk-logprobs K``, the target's K most likely next tokens at each
+position and their log-probabilities (so training need not run the target's LM head again). The loss mask
+marks the target's own answer tokens. Batches are right-padded; ``valid`` marks real positions.
 """
 from __future__ import annotations
 
@@ -11,13 +12,22 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
 from harness.errors import UserError
+
+
+class Sample(NamedTuple):
+    ids: Tensor
+    loss_mask: Tensor
+    hidden: Tensor
+    layers: Tensor | None = None
+    topk_ids: Tensor | None = None
+    topk_logp: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,8 @@ class Batch:
     loss_mask: Tensor  # [B, L] bool, answer tokens
     valid: Tensor      # [B, L] bool, not padding
     layers: Tensor | None = None   # [B, L, k*H] float, decoder-layer inputs (datagen --feature-layers)
+    topk_ids: Tensor | None = None   # [B, L, K] long, the target's top-K next tokens at each position, most likely
+    topk_logp: Tensor | None = None  # first (datagen --topk-logprobs), and [B, L, K] float their log-probabilities
 
 
 class FeatureData:
@@ -38,18 +50,20 @@ class FeatureData:
             raise UserError(f"{directory} is not a datagen folder (no manifest.json); run python -m harness datagen")
         self.directory = directory
         self.manifest = json.loads(manifest_path.read_text())
-        self.samples: list[tuple[Tensor, ...]] = []
+        self.samples: list[Sample] = []
         for shard in self.manifest["shards"]:
             if max_samples is not None and len(self.samples) >= max_samples:
                 break
             tensors = load_file(str(directory / shard["file"]))
             offsets = tensors["offsets"].tolist()
-            layers = tensors.get("hidden_layers")
+            layers, top_ids, top_logp = (tensors.get(k) for k in ("hidden_layers", "topk_ids", "topk_logp"))
             for start, end in zip(offsets, offsets[1:]):
                 end = min(end, start + max_len)
-                sample = (tensors["input_ids"][start:end].long(), tensors["loss_mask"][start:end].bool(),
-                          tensors["hidden"][start:end])
-                self.samples.append(sample if layers is None else (*sample, layers[start:end]))
+                part = slice(start, end)
+                self.samples.append(Sample(
+                    tensors["input_ids"][part].long(), tensors["loss_mask"][part].bool(), tensors["hidden"][part],
+                    None if layers is None else layers[part], None if top_ids is None else top_ids[part],
+                    None if top_logp is None else top_logp[part]))
         self.samples = self.samples[:max_samples]
         if not self.samples:
             raise UserError(f"{directory} holds no samples")
@@ -89,19 +103,22 @@ class FeatureData:
         return self._collate([self.samples[i] for i in indices], device)
 
     @staticmethod
-    def _collate(samples: list[tuple[Tensor, ...]], device) -> Batch:
-        width = max(s[0].shape[0] for s in samples)
-        hidden_size = samples[0][2].shape[1]
-        ids = torch.zeros(len(samples), width, dtype=torch.long)
-        hidden = torch.zeros(len(samples), width, hidden_size)
-        loss_mask = torch.zeros(len(samples), width, dtype=torch.bool)
+    def _collate(samples: list[Sample], device) -> Batch:
+        width = max(s.ids.shape[0] for s in samples)
+
+        def padded(field: str, dtype: torch.dtype) -> Tensor | None:
+            """[B, width, ...] of one field, zero-padded; None unless every sample has it."""
+            parts = [getattr(s, field) for s in samples]
+            if any(p is None for p in parts):
+                return None
+            out = torch.zeros(len(parts), width, *parts[0].shape[1:], dtype=dtype)
+            for row, part in enumerate(parts):
+                out[row, :part.shape[0]] = part.to(dtype)
+            return out.to(device)
+
         valid = torch.zeros(len(samples), width, dtype=torch.bool)
-        with_layers = all(len(s) > 3 for s in samples)
-        layers = torch.zeros(len(samples), width, samples[0][3].shape[1]) if with_layers else None
-        for row, (tokens, mask, features, *rest) in enumerate(samples):
-            n = tokens.shape[0]
-            ids[row, :n], hidden[row, :n], loss_mask[row, :n], valid[row, :n] = tokens, features.float(), mask, True
-            if layers is not None:
-                layers[row, :n] = rest[0].float()
-        return Batch(ids.to(device), hidden.to(device), loss_mask.to(device), valid.to(device),
-                     None if layers is None else layers.to(device))
+        for row, s in enumerate(samples):
+            valid[row, :s.ids.shape[0]] = True
+        return Batch(padded("ids", torch.long), padded("hidden", torch.float32), padded("loss_mask", torch.bool),
+                     valid.to(device), padded("layers", torch.float32), padded("topk_ids", torch.long),
+                     padded("topk_logp", torch.float32))

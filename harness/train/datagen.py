@@ -4,7 +4,9 @@
 generates the answer in batches (greedy by default: the drafter learns the target's own text), then
 runs one forward over prompt + answer to record the final-norm features f_t (docs/reference.md §1.3.2) and, with
 ``feature_layers``, the inputs of those decoder layers concatenated (EAGLE-3's fused low/mid/high features,
-``hidden_layers`` [T, k*H] bf16; ``eagle3`` picks the layers, see methods/eagle3.py).
+``hidden_layers`` [T, k*H] bf16; ``eagle3`` picks the layers, see methods/eagle3.py) and, with ``topk_logprobs``
+K, the target's K most likely next tokens at every position with their log-probabilities (``topk_ids``
+int32, ``topk_logp`` fp16, computed from the fp32 features), which spares training the target's LM head.
 Shards are safetensors files of ``shard_size`` samples written atomically, so an interrupted run
 resumes at the missing shards; ``manifest.json`` records the target fingerprint, the prompt
 sources and filtering, every setting, and per-shard counts and times. With ``workers`` (Ray,
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from harness import chat, env, loading
 from harness.errors import UserError
+from harness.train.data import Sample
 from harness.train.prompts import training_prompts
 
 
@@ -53,6 +56,7 @@ class DatagenConfig:
     dtype: str = "auto"
     device: str = "auto"
     feature_layers: tuple[str, ...] = ()   # decoder layers whose inputs are also stored; "eagle3": 2, N//2, N-3
+    topk_logprobs: int = 0                 # store the target's top-K next-token log-probs (0: none)
     answers: Path | None = None            # the answers-only copy (default: <out>/answers); a location, not a setting
 
     @property
@@ -91,11 +95,11 @@ class ShardMaker:
             chunk = prompts[i:i + config.batch_size]
             answers = kept[i:i + config.batch_size] if kept is not None else \
                 _generate(self.model, self.tokenizer, chunk, self.stops, config)
-            samples += _features(self.model, answers, chunk, self.layers)
+            samples += _features(self.model, answers, chunk, self.layers, config.topk_logprobs)
             progress(len(chunk))
         tensors = shard_tensors(samples)
         entry = {"file": shard_name(index), "samples": len(samples), "tokens": int(tensors["offsets"][-1]),
-                 "answer_tokens": int(sum(int(s[1].sum()) for s in samples)),
+                 "answer_tokens": int(sum(int(s.loss_mask.sum()) for s in samples)),
                  "seconds": round(time.perf_counter() - start, 2), "answers_reused": kept is not None,
                  "answer_meta": self.answer_meta(prompts)}
         return tensors, entry
@@ -183,7 +187,7 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     # As the manifest stores them (tuples become lists), so a resumed run compares like with like.
     # An unset feature_layers is left out, so folders made before it existed still resume.
     settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                                      if k not in ("out", "answers") and not (k == "feature_layers" and not v)}))
+                                      if k not in ("out", "answers") and not (k in ("feature_layers", "topk_logprobs") and not v)}))
     if manifest and (manifest["target"] != fingerprint or manifest["settings"] != settings):
         raise UserError(f"{out} holds data made with another target or settings; choose another --out")
     manifest = manifest or {"target": fingerprint, "settings": settings, "prompt_stats": prompt_stats,
@@ -282,10 +286,14 @@ def _generate(model, tokenizer, prompts: list[list[int]], stops: list[int], conf
 
 
 @torch.no_grad()
-def _features(model, answers: list[list[int]], prompts: list[list[int]], layers: tuple[int, ...] = ()) -> list[tuple]:
-    """(ids, loss_mask, features[, layer features]) per sample from one right-padded forward of prompt + answer.
+def _features(model, answers: list[list[int]], prompts: list[list[int]], layers: tuple[int, ...] = (),
+              topk: int = 0) -> list[Sample]:
+    """A Sample per prompt + answer from one right-padded forward: ids, loss mask, features, and the layer
+    features / top-K log-probs when asked for.
 
-    Layer ``i``'s input is ``hidden_states[i]`` of transformers' output (index 0: the embeddings)."""
+    Layer ``i``'s input is ``hidden_states[i]`` of transformers' output (index 0: the embeddings). The
+    log-probs are the LM head's over the fp32 features, without any family-specific logit scaling, as the
+    trainers' objectives compute them."""
     sequences = [p + a for p, a in zip(prompts, answers)]
     width = max(len(s) for s in sequences)
     ids = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=model.device)
@@ -297,18 +305,24 @@ def _features(model, answers: list[list[int]], prompts: list[list[int]], layers:
     for row, (prompt, answer) in enumerate(zip(prompts, answers)):
         length = len(prompt) + len(answer)
         loss_mask = torch.tensor([0] * len(prompt) + [1] * len(answer), dtype=torch.uint8)
-        sample = (ids[row, :length].int().cpu(), loss_mask, hidden[row, :length].to(torch.bfloat16).cpu())
-        if fused is not None:
-            sample += (fused[row, :length].to(torch.bfloat16).cpu(),)
-        samples.append(sample)
+        top = torch.log_softmax(model.get_output_embeddings()(hidden[row, :length]).float(), -1).topk(topk) \
+            if topk else None
+        samples.append(Sample(ids[row, :length].int().cpu(), loss_mask, hidden[row, :length].to(torch.bfloat16).cpu(),
+                              None if fused is None else fused[row, :length].to(torch.bfloat16).cpu(),
+                              None if top is None else top.indices.int().cpu(),
+                              None if top is None else top.values.half().cpu()))
     return samples
 
 
 def shard_tensors(samples: list[tuple]) -> dict:
-    lengths = torch.tensor([0] + [s[0].shape[0] for s in samples])
-    return {"input_ids": torch.cat([s[0] for s in samples]), "loss_mask": torch.cat([s[1] for s in samples]),
-            "hidden": torch.cat([s[2] for s in samples]), "offsets": lengths.cumsum(0),
-            **({"hidden_layers": torch.cat([s[3] for s in samples])} if len(samples[0]) > 3 else {})}
+    """A shard's tensors from Samples (or plain (ids, loss_mask, hidden[, layers]) tuples, as tests write)."""
+    samples = [Sample(*s) for s in samples]
+    lengths = torch.tensor([0] + [s.ids.shape[0] for s in samples])
+    optional = {"hidden_layers": "layers", "topk_ids": "topk_ids", "topk_logp": "topk_logp"}
+    return {"input_ids": torch.cat([s.ids for s in samples]), "loss_mask": torch.cat([s.loss_mask for s in samples]),
+            "hidden": torch.cat([s.hidden for s in samples]), "offsets": lengths.cumsum(0),
+            **{key: torch.cat([getattr(s, field) for s in samples]) for key, field in optional.items()
+               if getattr(samples[0], field) is not None}}
 
 
 def save_shard(path: Path, tensors: dict) -> None:
