@@ -361,3 +361,20 @@ def test_published_claims_get_our_paired_verdict(tmp_path):
         bad.write_text(paper.ANCHORS.read_text() + '\n[[claims]]\nclaim = "x"\nmethod = "a"\nreference = "b"\n'
                        'relation = "~"\nsource = "s"\n')
         paper.load_anchors(bad)
+
+
+def test_paper_tables_show_replayed_cells_as_tau_only_and_pair_them_with_each_other(tmp_path):
+    """A full-suite replay (cells <method>-replay) fills the paper tables' τ, without speed, and the paired
+    verdicts compare replayed with replayed."""
+    accepts = {"eagle2": ([2, 2, 2, 2, 2], [1, 3, 3, 3]), "hass": ([3, 3, 3, 1], [4, 4, 2])}
+    rows = [make_row(q, "vanilla", 0.0, [1] * 10, 1.0, "a", suite="gsm8k") for q in (1, 2)]
+    for method, (first, second) in accepts.items():
+        rows += [dict(make_row(q, f"{method}-replay", 0.0, accept, None, "a", suite="gsm8k"), replayed=True)
+                 for q, accept in ((1, first), (2, second))]
+    out = build([write_run(tmp_path / "full", rows)], tmp_path / "report", paper="hass")
+    md = (out / "paper_hass.md").read_text()
+    hass = next(line for line in md.splitlines() if "| hass-replay | 0 | ours (full) |" in line)
+    assert hass.rstrip(" |").endswith("replayed (τ only)")
+    assert hass.split("|")[7].strip() == f"— / {20 / 7:.2f}"     # GSM8K: no speedup, τ = 20 tokens / 7 steps
+    paired = next(line for line in md.splitlines() if "| hass-replay | eagle2-replay |" in line)
+    assert f"{20 / 7 - 20 / 9:+.2f}" in paired

@@ -26,11 +26,14 @@ from harness.learned import learned
 from harness.engines import venv
 from harness.engines.check import hf_folder
 from harness.errors import UserError
+from harness.records import DEFAULT_BASELINE
 from harness.suite import SUITES, load_questions
 from harness.target import Target
 
 SERVE_WORKER = Path(__file__).with_name("vllm_serve_worker.py")
 CELLS_FILE = "serving_cells.jsonl"
+# The engine without speculation: the reference of every throughput speedup and of the texts every cell keeps.
+BASELINE = DEFAULT_BASELINE
 EAGLE_FAMILY = ("eagle2", "hass", "coral")
 PERCENTILES = (50, 90, 99)
 
@@ -52,7 +55,7 @@ class ServePlan:
 def speculative_config(method: str, plan: ServePlan, target: Target, scratch: Path) -> dict | None:
     """vLLM's speculative_config for a harness method; a UserError for a method vLLM cannot run."""
     options = plan.options.get(method, {})
-    if method == "vanilla":
+    if method == BASELINE:
         return None
     if method == "pld":
         defaults = METHODS.get("pld").Options()
@@ -85,7 +88,7 @@ def run(plan: ServePlan, argv: list[str]) -> Path:
         "environment": env.capture()}, indent=2, default=str))
     cells_path = plan.out / CELLS_FILE
     cells_path.unlink(missing_ok=True)
-    ordered = sorted(plan.methods, key=lambda m: m != "vanilla")
+    ordered = sorted(plan.methods, key=lambda m: m != BASELINE)
     reference: dict[int, list[int]] = {}   # vanilla's tokens at the first level: the texts every cell must keep
     with tempfile.TemporaryDirectory() as scratch:
         for method in ordered:
@@ -96,7 +99,7 @@ def run(plan: ServePlan, argv: list[str]) -> Path:
                 "model": str(hf_folder(target)), "spec": spec, "prompts": prompts, "max_tokens": plan.max_new_tokens,
                 "stop_ids": sorted(stops), "max_model_len": 2048, "dtype": "float32",
                 "concurrency": list(plan.concurrency)}, Path(scratch))
-            if method == "vanilla":
+            if method == BASELINE:
                 reference = {r["index"]: r["tokens"] for r in result["levels"][0]["records"]}
             write_method(plan, method, spec, questions, target, stops, result, cells_path, reference)
     return plan.out
@@ -154,7 +157,7 @@ def read_cells(run_dir: Path) -> list[dict]:
 
 def speedup_rows(cells: list[dict]) -> list[dict]:
     """Cells with throughput speedup over vanilla at the same suite and concurrency (None without vanilla)."""
-    base = {(c["suite"], c["concurrency"]): c["throughput_tok_s"] for c in cells if c["method"] == "vanilla"}
+    base = {(c["suite"], c["concurrency"]): c["throughput_tok_s"] for c in cells if c["method"] == BASELINE}
     return [{**c, "speedup": c["throughput_tok_s"] / base[(c["suite"], c["concurrency"])]
              if (c["suite"], c["concurrency"]) in base else None} for c in cells]
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.metrics import PAIRED_INTERVAL
+from harness.records import REPLAY_SUFFIX
 from harness.report.tables import GAP, Table, estimator, signed
 
 ANCHORS = Path(__file__).resolve().parents[2] / "reports" / "published" / "anchors.toml"
@@ -156,12 +157,15 @@ def paper_tables(name: str, anchors: dict, measured: Measured, runs: list) -> tu
                 if ours is None or temperature is None:
                     continue
                 for run in measured.runs:
-                    shown = measured.labels.get(ours, ours)
-                    if measured.has(run, float(temperature), ours):
-                        cells = _ours_cells(measured, run, columns, match, float(temperature), ours)
-                        lines.append(["", shown, t_text, f"ours ({run})", *cells, "measured"])
-                    else:
-                        lines.append(["", shown, t_text, f"ours ({run}): not run", *[GAP] * len(columns), ""])
+                    # Decoded, and replayed (<method>-replay: exact T = 0 τ, no wall time), each its own line.
+                    names = [n for n in (ours, ours + REPLAY_SUFFIX) if measured.has(run, float(temperature), n)]
+                    for shown in names:
+                        cells = _ours_cells(measured, run, columns, match, float(temperature), shown)
+                        how = "measured" if shown == ours else "replayed (τ only)"
+                        lines.append(["", measured.labels.get(shown, shown), t_text, f"ours ({run})", *cells, how])
+                    if not names:
+                        lines.append(["", measured.labels.get(ours, ours), t_text, f"ours ({run}): not run",
+                                      *[GAP] * len(columns), ""])
             frame = pd.DataFrame(lines, columns=["Target", "Method", "T", "Values", *columns, "Confidence"])
             if not frame.Target.any():
                 frame = frame.drop(columns="Target")
@@ -186,14 +190,15 @@ def _paired_table(name: str, paper: dict, aliases: dict, measured: Measured) -> 
                                  if row["method"] in aliases))
     lines = []
     for run, temperature in sorted({(k[0], k[3]) for k in measured.pairs}):
-        ran = [m for m in methods if measured.has(run, temperature, m)]
-        for i, reference in enumerate(ran):
-            for method in ran[i + 1:]:
-                cells = [measured.pair(run, match.get(c, []), temperature, method, reference) or GAP
-                         if match.get(c) and match[c] != ["mean"] else GAP for c in columns]
-                if any(c != GAP for c in cells):
-                    lines.append([run, f"{temperature:g}", measured.labels.get(method, method),
-                                  measured.labels.get(reference, reference), *cells])
+        for suffix in ("", REPLAY_SUFFIX):   # decoded against decoded, replayed against replayed
+            ran = [m + suffix for m in methods if measured.has(run, temperature, m + suffix)]
+            for i, reference in enumerate(ran):
+                for method in ran[i + 1:]:
+                    cells = [measured.pair(run, match.get(c, []), temperature, method, reference) or GAP
+                             if match.get(c) and match[c] != ["mean"] else GAP for c in columns]
+                    if any(c != GAP for c in cells):
+                        lines.append([run, f"{temperature:g}", measured.labels.get(method, method),
+                                      measured.labels.get(reference, reference), *cells])
     if not lines:
         return None
     frame = pd.DataFrame(lines, columns=["Run", "T", "Method", "Reference", *columns])
