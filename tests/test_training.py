@@ -170,3 +170,46 @@ def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):
     assert len(rows) == 4 and float(rows[-1].split(",")[2]) == 0.0
     training = json.loads((out / "config.json").read_text())["training"]
     assert training["steps"] == 4 and training["stopped_early"] and training["epochs_done"] == 2
+
+
+def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_ends_as_an_uninterrupted_one(tmp_path):
+    """eval_every checkpoints inside an epoch; a budget stop after the first step and a rerun give the same
+    weights as one run (batch order and random state restored: EAGLE's feature noise and ce_sample draw)."""
+    from safetensors.torch import load_file
+
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")        # 11 training samples: 3 steps per epoch at batch 4
+    settings = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=1,
+                                   eval_every=2)
+    loss = {"ce_sample": 5}
+    whole = trainer.train(Eagle2, target, data, tmp_path / "whole", settings, loss)
+    evals = json.loads((whole / "config.json").read_text())["training"]["evals"]
+    assert [(e["epoch"], e["step"]) for e in evals] == [(1, 2), (1, 3), (2, 4), (2, 6)]
+    assert (whole / "latest" / "model.safetensors").is_file()
+
+    parts = tmp_path / "parts"
+    trainer.train(Eagle2, target, data, parts, dataclasses.replace(settings, time_budget_s=1e-9), loss)
+    first = json.loads((parts / "config.json").read_text())["training"]
+    assert first["steps"] == 1 and first["stopped_by"] == "budget" and first["epochs_done"] == 0
+    trainer.train(Eagle2, target, data, parts, settings, loss)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(parts / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((parts / "train_log.csv").read_text().splitlines()) == 1 + 6
+
+
+def test_training_stops_at_a_plateau_of_the_held_out_top1(tmp_path):
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")
+    settings = trainer.TrainConfig(epochs=5, batch_size=4, lr=0.0, warmup_steps=1, holdout=0.1, eval_depths=1,
+                                   eval_every=1, patience=2)   # lr 0: the same top-1 at every evaluation
+    out = trainer.train(Eagle2, target, data, tmp_path / "draft", settings)
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["stopped_by"] == "plateau" and training["steps"] == 3 and training["stopped_early"]
+    assert trainer._plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.3)], 2)
+    assert not trainer._plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.31)], 2)

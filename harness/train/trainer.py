@@ -2,9 +2,12 @@
 
 ``python -m harness train --method eagle2 --data DIR --out DIR [--preset cpu|gpu]``. AdamW with linear
 warm-up and linear decay, gradient clipping by value (EAGLE), bf16 autocast on CUDA and fp32 on CPU,
-fixed seeds, a held-out split evaluated every epoch (top-1 agreement with the target per depth), a
-checkpoint per epoch, resume from the last finished epoch, CSV loss logs (TensorBoard too if it is
-installed), and an optional wall-clock budget after which training stops at the next batch.
+fixed seeds, a held-out split evaluated every epoch and, with ``eval_every``, every N steps (top-1 agreement
+with the target per depth), a checkpoint at each evaluation, resume at the step where a run stopped (the
+batch order and the random state are restored, so a resumed run equals an uninterrupted one), CSV loss logs
+(TensorBoard too if it is installed), an optional wall-clock budget after which training stops at the next
+batch, and an optional plateau stop: ``patience`` evaluations in a row without a new best held-out depth-1
+top-1.
 Under ``torchrun --nproc_per_node=N`` the ranks train one network data-parallel (harness/train/distributed.py):
 each global batch is split by rank, rank 0 writes checkpoints and logs, and the loss curve is one process's.
 """
@@ -45,6 +48,9 @@ class TrainConfig:
     max_steps: int | None = None         # stop after this many optimizer steps; the schedule decays to zero there
                                          # (a compute budget that, unlike seconds, does not depend on machine load)
     max_samples: int | None = None       # train on the data folder's first N samples only (a fixed subset)
+    eval_every: int | None = None        # also evaluate and checkpoint every N steps (epochs of a large folder
+                                         # are long; a run killed between checkpoints loses at most N steps)
+    patience: int | None = None          # stop after this many evaluations without a new best top1_depth1
 
 
 PRESETS = {
@@ -77,7 +83,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
     if main:
         out.mkdir(parents=True, exist_ok=True)
     state_path = out / "trainer_state.pt"
-    state = {"epoch": 0, "step": 0, "seconds": 0.0, "evals": []}
+    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "seconds": 0.0, "evals": []}
     saved = torch.load(state_path, weights_only=False) if main and state_path.is_file() else None
     if group is not None:
         saved = distributed.from_main(saved)
@@ -85,17 +91,44 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
         net.load_state_dict(saved["net"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        state = saved["state"]
+        state = {"batch_in_epoch": 0, **saved["state"]}
+        if "rng" in saved:
+            torch.set_rng_state(saved["rng"])
+            random.setstate(saved["py_rng"])
         if main:
-            print(f"resuming after epoch {state['epoch']} (step {state['step']})")
+            print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']} (step {state['step']})")
     step_loss = distributed.wrap(net, objective, group) if group is not None else None
     logger = _Logger(out, enabled=main)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if target.device.type == "cuda" else contextlib.nullcontext()
     started = time.perf_counter() - state["seconds"]
-    stopped_early = False
+
+    def checkpoint(where: Path | None, evaluate: bool = True) -> None:
+        """Evaluate (held-out top-1 per depth), save ``where`` as a loadable checkpoint, and save what a resume
+        needs; rank 0 only, the others wait."""
+        state["seconds"] = time.perf_counter() - started
+        if main:
+            if evaluate:
+                evaluation = _evaluate(objective, net, data, held_out, config, target.device)
+                state["evals"].append({"epoch": state["epoch"] + (state["batch_in_epoch"] > 0), "step": state["step"],
+                                       **evaluation})
+                logger.eval(state["evals"][-1])
+                print(f"step {state['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
+            if where is not None:
+                _save(method_cls, net, target, where, data, config, loss_options, {**state, "init": init})
+            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "state": state, "rng": torch.get_rng_state(),
+                        "py_rng": random.getstate()}, state_path)
+        if group is not None:
+            distributed.barrier()   # the others wait while rank 0 evaluates and saves
+
+    def plateau() -> bool:
+        reached = _plateau(state["evals"], config.patience)
+        return distributed.from_main(reached) if group is not None else reached   # only rank 0 evaluates
+
+    halt = None   # why this run ends before its last epoch: "budget", "steps" or "plateau"
     for epoch in range(state["epoch"], config.epochs):
         rng = random.Random(f"{config.seed}:{epoch}")
-        for indices in data.groups(train_ids, config.batch_size, rng):
+        for indices in data.groups(train_ids, config.batch_size, rng)[state["batch_in_epoch"]:]:
             with autocast:
                 if group is None:
                     loss, logs = objective.loss(net, data.collate(indices, target.device))
@@ -107,35 +140,47 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
             optimizer.step()
             schedule.step()
             state["step"] += 1
+            state["batch_in_epoch"] += 1
             logger.step({"step": state["step"], "epoch": epoch + 1, "lr": schedule.get_last_lr()[0],
                          "seconds": round(time.perf_counter() - started, 1), **logs})
             over_time = bool(config.time_budget_s and time.perf_counter() - started > config.time_budget_s)
             if group is not None:
                 over_time = distributed.any_rank(over_time)
-            if over_time or state["step"] >= total_steps:
-                stopped_early = state["step"] < steps_per_epoch * config.epochs
+            if over_time:
+                halt = "budget"
+            elif state["step"] >= total_steps:
+                halt = "steps"
+            elif config.eval_every and state["step"] % config.eval_every == 0 and \
+                    state["batch_in_epoch"] < steps_per_epoch:   # an epoch's end evaluates anyway
+                checkpoint(out / "latest")
+                halt = "plateau" if plateau() else None
+            if halt:
                 break
-        state.update(epoch=epoch + 1, seconds=time.perf_counter() - started)
-        if main:
-            evaluation = _evaluate(objective, net, data, held_out, config, target.device)
-            state["evals"].append({"epoch": epoch + 1, "step": state["step"], **evaluation})
-            logger.eval(state["evals"][-1])
-            print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
-            _save(method_cls, net, target, out / f"epoch_{epoch + 1}", data, config, loss_options,
-                  {**state, "init": init})
-            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "state": state}, state_path)
-        if group is not None:
-            distributed.barrier()   # the others wait while rank 0 evaluates and saves
-        if stopped_early:
-            if main:
-                print(f"budget reached after {state['step']} steps, {state['seconds']:.0f} s")
+        if halt in ("budget", "plateau") and state["batch_in_epoch"] < steps_per_epoch:
+            if halt == "budget":   # not the end: a rerun with a larger budget resumes at this very step
+                checkpoint(out / "latest")
             break
+        state.update(epoch=epoch + 1, batch_in_epoch=0)
+        checkpoint(out / f"epoch_{epoch + 1}")
+        if halt or plateau():
+            halt = halt or "plateau"
+            break
+    stopped_early = halt in ("budget", "plateau") or state["step"] < steps_per_epoch * config.epochs
+    if main and halt:
+        print(f"stopped ({halt}) after {state['step']} steps, {state['seconds']:.0f} s")
     if main:
         _save(method_cls, net, target, out, data, config, loss_options,
-              {**state, "stopped_early": stopped_early, "init": init})
+              {**state, "stopped_early": stopped_early, "stopped_by": halt, "init": init})
     logger.close()
     return out
+
+
+def _plateau(evals: list[dict], patience: int | None, key: str = "top1_depth1") -> bool:
+    """True when the last ``patience`` evaluations brought no new best ``key`` (held-out depth-1 top-1)."""
+    if not patience or len(evals) <= patience:
+        return False
+    best_before = max(e.get(key, 0.0) for e in evals[:-patience])
+    return all(e.get(key, 0.0) <= best_before for e in evals[-patience:])
 
 
 def _rank_loss(step_loss, data: FeatureData, indices: list[int], group: distributed.Group,
@@ -171,6 +216,7 @@ def _save(method_cls: type[LearnedDrafter], net: torch.nn.Module, target: Target
                      "data_samples": len(data.samples), "data_answer_tokens": data.tokens(list(range(len(data.samples)))),
                      "datagen": data.manifest["settings"], "epochs_done": state["epoch"], "steps": state["step"],
                      "seconds": round(state["seconds"], 1), "stopped_early": state.get("stopped_early", False),
+                     "stopped_by": state.get("stopped_by"),
                      "init": str(state["init"]) if state.get("init") else None,
                      "evals": state["evals"], "env": env.capture()},
     }
