@@ -61,9 +61,10 @@ class Suite(ABC):
         """Quality metrics of one question's answers (one per turn); empty when the suite has none."""
         return {}
 
-    def data_file(self, relative: str, url: str | None = None) -> Path:
-        """Resolve a data file: the data dir, then the download cache, then a download, else an error."""
-        path = resolve_data_file(relative, url, self.data_dir)
+    def data_file(self, relative: str, url: str | None = None, sha256: str | None = None) -> Path:
+        """Resolve a data file: the data dir, then the download cache, then a download (checked against
+        ``sha256`` when given), else an error."""
+        path = resolve_data_file(relative, url, self.data_dir, sha256)
         self.files.append(path)
         return path
 
@@ -111,7 +112,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
-def resolve_data_file(relative: str, url: str | None, data_dir: Path | None) -> Path:
+def resolve_data_file(relative: str, url: str | None, data_dir: Path | None, sha256: str | None = None) -> Path:
     data_dir = data_dir_from_env(data_dir)
     if data_dir is not None:
         path = data_dir / relative
@@ -131,6 +132,10 @@ def resolve_data_file(relative: str, url: str | None, data_dir: Path | None) -> 
             out.write(response.read())
     except OSError as exc:
         raise UserError(f"could not download {relative} from {url} ({exc}); {how}") from exc
+    got = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    if sha256 is not None and got != sha256:
+        tmp.unlink()
+        raise UserError(f"{url} gave a file with sha256 {got}, not the pinned {sha256}; {how}")
     tmp.replace(cached)
     return cached
 

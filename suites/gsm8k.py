@@ -15,7 +15,9 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
-URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl"
+# Pinned to a commit; a download must have this sha256.
+URL = "https://raw.githubusercontent.com/openai/grade-school-math/3101c7d5072418e28b9008a6636bde82a006892c/grade_school_math/data/test.jsonl"
+SHA256 = "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"
 VARIANTS = ("full", "eagle80")
 # 0-based lines of test.jsonl in EAGLE question_id order (docs/reference.md §3.4).
 EAGLE80 = (30, 754, 429, 1010, 1284, 953, 751, 954, 705, 993, 1029, 917, 20, 1057, 138, 127, 60, 387, 1163, 632,
@@ -59,7 +61,7 @@ class GSM8K(Suite):
         self.variant = variant
 
     def questions(self) -> list[Question]:
-        path = self.data_file("gsm8k/test.jsonl", URL)
+        path = self.data_file("gsm8k/test.jsonl", URL, SHA256)
         questions = []
         for line, record in read_numbered_jsonl(path):
             missing = [f for f in ("question", "answer") if f not in record]

@@ -18,7 +18,9 @@ from harness.errors import UserError
 from harness.sandbox import Program, run_python
 from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
-URL = "https://raw.githubusercontent.com/openai/human-eval/master/data/HumanEval.jsonl.gz"
+# Pinned to a commit; a download must have this sha256.
+URL = "https://raw.githubusercontent.com/openai/human-eval/6d43fb980f9fee3c892a914eda09951f772ad10d/data/HumanEval.jsonl.gz"
+SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
 INSTRUCTION = "Complete the code I provided."
 FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
@@ -51,7 +53,7 @@ class HumanEval(Suite):
         self.memory_mb = memory_mb
 
     def questions(self) -> list[Question]:
-        path = self.data_file("humaneval/HumanEval.jsonl.gz", URL)
+        path = self.data_file("humaneval/HumanEval.jsonl.gz", URL, SHA256)
         questions = []
         for line, record in read_numbered_jsonl(path):
             missing = [f for f in FIELDS if f not in record]

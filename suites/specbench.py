@@ -13,7 +13,9 @@ from typing import Callable
 from harness.errors import UserError
 from harness.suite import SUITES, Question, Suite, read_numbered_jsonl
 
-URL = "https://raw.githubusercontent.com/hemingkx/Spec-Bench/main/data/spec_bench/question.jsonl"
+# Pinned to a commit; a download must have this sha256.
+URL = "https://raw.githubusercontent.com/hemingkx/Spec-Bench/fd2c1cd7d2201ef71db4c5f4e455008f017967bf/data/spec_bench/question.jsonl"
+SHA256 = "4b6d33e79484f9841c487ee87d1cf6aa8c6066f61d5d482ff09e5a007fafdf04"
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 FIELDS = ("question_id", "category", "turns")
 
@@ -38,5 +40,5 @@ class SpecBench(Suite):
     """Spec-Bench: 480 questions, six tasks (mt_bench, translation, summarization, qa, math_reasoning, rag)."""
 
     def questions(self) -> list[Question]:
-        path = self.data_file("spec_bench/question.jsonl", URL)
+        path = self.data_file("spec_bench/question.jsonl", URL, SHA256)
         return read_questions(path, lambda c: "mt_bench" if c in MT_BENCH_CATEGORIES else c)

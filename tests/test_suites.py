@@ -210,3 +210,27 @@ def test_describe_suites(shared_data):
     assert rows["mtbench"]["categories"]["writing"] == 10 and rows["gsm8k"]["questions"] == 1319
     assert rows["humaneval"]["unsafe"] and not rows["gsm8k"]["unsafe"]
     assert rows["followeval"]["questions"] is None and "not public" in rows["followeval"]["error"]
+
+
+def test_a_download_must_have_the_pinned_sha256_and_every_suite_pins_a_commit(tmp_path, monkeypatch):
+    """Downloads (here from a file:// URL) are kept only with the pinned digest; the suites' URLs name commits."""
+    import hashlib
+    import re
+
+    from harness.suite import resolve_data_file
+    from suites import gsm8k, humaneval, mtbench, specbench
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    monkeypatch.delenv("HARNESS_OFFLINE", raising=False)
+    source = tmp_path / "question.jsonl"
+    source.write_text('{"question_id": 1}\n')
+    url = source.as_uri()
+    with pytest.raises(UserError, match="not the pinned 0000"):
+        resolve_data_file("x/question.jsonl", url, None, "0000")
+    assert not (tmp_path / "cache" / "data" / "x").exists() or not any((tmp_path / "cache" / "data" / "x").iterdir())
+    good = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert resolve_data_file("x/question.jsonl", url, None, good).read_text() == source.read_text()
+    for module in (gsm8k, humaneval, mtbench, specbench):
+        assert re.search(r"githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/", module.URL), module.URL
+        assert re.fullmatch(r"[0-9a-f]{64}", module.SHA256)
