@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import chat, env, runner, selfcheck, validate
+from harness import chat, env, machine_load, runner, selfcheck, validate
 from harness.errors import UserError
 from harness.records import Manifest, RowWriter, answer_file, new_session, read_rows, run_dir_lock
 from harness.sampling import SamplingParams
@@ -192,6 +192,13 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
         bar.close()
         for writer in writers.values():
             writer.close()
+        for path in writers:   # each cell's load, from the rows its workers timed
+            rows = read_rows(path)
+            if rows:
+                first = rows[0]
+                manifest.add_cell_load({"suite": first["suite"], "method": first["method"],
+                                        "temperature": first["temperature"]},
+                                       machine_load.of_rows([row.get("load") for row in rows]))
         manifest.finish_sweep(status)
 
 

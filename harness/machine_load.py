@@ -65,6 +65,18 @@ def between(before: Sample, after: Sample) -> dict:
     return record
 
 
+def of_rows(records: list[dict | None]) -> dict:
+    """A cell's load from its rows' records, where the cell has no one interval of its own (Ray workers run
+    several cells at once, each row timed on its worker): the worst load seen and how many rows shared the
+    machine."""
+    found = [r for r in records if r]
+    loads = [v for r in found for v in (r.get("loadavg_before"), r.get("loadavg_after")) if v is not None]
+    others = [r["other_busy_cores"] for r in found if r.get("other_busy_cores") is not None]
+    flagged = sum(bool(contended(r)) for r in found)
+    return {"from_rows": len(found), "contended_rows": flagged, "loadavg_max": max(loads, default=None),
+            "other_busy_cores_max": max(others, default=None), "contended": flagged > 0 if found else None}
+
+
 def contended(record: dict | None) -> bool | None:
     """Whether a load record says the timing shared the machine; None when nothing was recorded."""
     if not record:

@@ -68,6 +68,8 @@ def test_two_workers_write_the_texts_and_accept_lengths_of_one_process(local_ray
     assert all('"device_type": "cpu' in w and "(1 threads)" in w for w in workers)
     manifest = json.loads((spread / "manifest.json").read_text())
     assert manifest["sweeps"][-1]["status"] == "complete" and len(manifest["sweeps"][-1]["workers"]) == 2
+    cell_load = {c["method"]: c for c in manifest["sweeps"][-1]["cell_load"]}   # per cell, from its rows
+    assert cell_load.keys() == {"vanilla", "pld"} and all(c["from_rows"] == 6 for c in cell_load.values())
     assert (build([spread], out=tmp_path / "report") / "report.md").is_file()
 
 

@@ -325,6 +325,8 @@ def test_contended_timings_are_flagged_and_replayed_rows_give_tau_only(tmp_path)
     quiet = {"loadavg_before": 1.0, "loadavg_after": 1.1, "other_busy_cores": 0.05, "cores": 2}
     assert machine_load.contended(busy) and not machine_load.contended(quiet) and machine_load.contended({}) is None
     assert machine_load.contended({**quiet, "other_busy_cores": None, "loadavg_after": 2.6})
+    cell = machine_load.of_rows([busy, quiet, None])
+    assert (cell["from_rows"], cell["contended_rows"], cell["loadavg_max"], cell["contended"]) == (2, 1, 3.9, True)
     record = machine_load.between(machine_load.sample(), machine_load.sample())
     assert record["cores"] >= 1 and isinstance(record["contended"], bool)
     rows = [dict(r, load=busy if r["method"] == "pld" and r["question_id"] == 1 else quiet) for r in VANILLA + PLD]
