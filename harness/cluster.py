@@ -173,6 +173,7 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
                     units.append(Unit(suite_name, temperature, question, missing, scored))
     status = "interrupted"
     writers: dict[Path, RowWriter] = {}
+    loads: dict[tuple, list] = {}   # (suite, method, temperature) -> this sweep's row load records
     bar = tqdm(total=sum(len(u.methods) for u in units), desc=f"{plan.workers} workers", file=sys.stderr,
                dynamic_ncols=True)
     def record_workers() -> None:
@@ -186,19 +187,16 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
                 if path not in writers:
                     writers[path] = RowWriter(path)
                 writers[path].write(row)
+                loads.setdefault((row["suite"], row["method"], row["temperature"]), []).append(row.get("load"))
             bar.update(len(rows))
         status = "complete"
     finally:
         bar.close()
         for writer in writers.values():
             writer.close()
-        for path in writers:   # each cell's load, from the rows its workers timed
-            rows = read_rows(path)
-            if rows:
-                first = rows[0]
-                manifest.add_cell_load({"suite": first["suite"], "method": first["method"],
-                                        "temperature": first["temperature"]},
-                                       machine_load.of_rows([row.get("load") for row in rows]))
+        for (suite, method, temperature), records in loads.items():   # each cell's load, from the rows timed
+            manifest.add_cell_load({"suite": suite, "method": method, "temperature": temperature},
+                                   machine_load.of_rows(records))
         manifest.finish_sweep(status)
 
 

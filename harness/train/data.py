@@ -30,6 +30,12 @@ class Sample(NamedTuple):
     topk_logp: Tensor | None = None
 
 
+# Shard tensor name of each Sample field (datagen writes them, FeatureData reads them); the last three are
+# optional. Samples are concatenated along the first axis, and ``offsets`` marks where each one starts.
+SHARD_KEYS = {"ids": "input_ids", "loss_mask": "loss_mask", "hidden": "hidden", "layers": "hidden_layers",
+              "topk_ids": "topk_ids", "topk_logp": "topk_logp"}
+
+
 @dataclass(frozen=True)
 class Batch:
     ids: Tensor        # [B, L] long
@@ -37,8 +43,8 @@ class Batch:
     loss_mask: Tensor  # [B, L] bool, answer tokens
     valid: Tensor      # [B, L] bool, not padding
     layers: Tensor | None = None   # [B, L, k*H] float, decoder-layer inputs (datagen --feature-layers)
-    topk_ids: Tensor | None = None   # [B, L, K] long, the target's top-K next tokens at each position, most likely
-    topk_logp: Tensor | None = None  # first (datagen --topk-logprobs), and [B, L, K] float their log-probabilities
+    topk_ids: Tensor | None = None   # [B, L, K] long, the target's K most likely next tokens, most likely first
+    topk_logp: Tensor | None = None  # [B, L, K] float, their log-probabilities (both: datagen --topk-logprobs)
 
 
 class FeatureData:
@@ -56,14 +62,11 @@ class FeatureData:
                 break
             tensors = load_file(str(directory / shard["file"]))
             offsets = tensors["offsets"].tolist()
-            layers, top_ids, top_logp = (tensors.get(k) for k in ("hidden_layers", "topk_ids", "topk_logp"))
+            columns = [tensors.get(key) for key in SHARD_KEYS.values()]
             for start, end in zip(offsets, offsets[1:]):
-                end = min(end, start + max_len)
-                part = slice(start, end)
-                self.samples.append(Sample(
-                    tensors["input_ids"][part].long(), tensors["loss_mask"][part].bool(), tensors["hidden"][part],
-                    None if layers is None else layers[part], None if top_ids is None else top_ids[part],
-                    None if top_logp is None else top_logp[part]))
+                part = slice(start, min(end, start + max_len))
+                sample = Sample(*(None if column is None else column[part] for column in columns))
+                self.samples.append(sample._replace(ids=sample.ids.long(), loss_mask=sample.loss_mask.bool()))
         self.samples = self.samples[:max_samples]
         if not self.samples:
             raise UserError(f"{directory} holds no samples")

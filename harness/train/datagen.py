@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from harness import chat, env, loading
 from harness.errors import UserError
-from harness.train.data import Sample
+from harness.train.data import SHARD_KEYS, Sample
 from harness.train.prompts import training_prompts
 
 
@@ -88,8 +88,9 @@ class ShardMaker:
         config = self.config
         start = time.perf_counter()
         torch.manual_seed(config.seed * 1_000_003 + index)   # sampled answers depend on the shard alone
-        prompts = self.encoded[index * config.shard_size:(index + 1) * config.shard_size]
-        kept = load_answers(config.answers_dir / shard_name(index), self.answer_meta(prompts))
+        prompts = self.prompts_of(index)
+        meta = self.answer_meta(prompts)
+        kept = load_answers(config.answers_dir / shard_name(index), meta)
         samples = []
         for i in range(0, len(prompts), config.batch_size):
             chunk = prompts[i:i + config.batch_size]
@@ -101,8 +102,12 @@ class ShardMaker:
         entry = {"file": shard_name(index), "samples": len(samples), "tokens": int(tensors["offsets"][-1]),
                  "answer_tokens": int(sum(int(s.loss_mask.sum()) for s in samples)),
                  "seconds": round(time.perf_counter() - start, 2), "answers_reused": kept is not None,
-                 "answer_meta": self.answer_meta(prompts)}
+                 "answer_meta": meta}
         return tensors, entry
+
+    def prompts_of(self, index: int) -> list[list[int]]:
+        """The encoded prompts of shard ``index``."""
+        return self.encoded[index * self.config.shard_size:(index + 1) * self.config.shard_size]
 
     def answer_meta(self, prompts: list[list[int]]) -> dict:
         """What a shard's answers depend on: the target, the decoding settings and the prompts themselves."""
@@ -185,9 +190,11 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     # As the manifest stores them (tuples become lists), so a resumed run compares like with like.
-    # An unset feature_layers is left out, so folders made before it existed still resume.
+    # Locations are not settings; unset feature_layers / topk_logprobs are left out, so folders made before
+    # they existed still resume.
     settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-                                      if k not in ("out", "answers") and not (k in ("feature_layers", "topk_logprobs") and not v)}))
+                                      if k not in ("out", "answers")
+                                      and not (k in ("feature_layers", "topk_logprobs") and not v)}))
     if manifest and (manifest["target"] != fingerprint or manifest["settings"] != settings):
         raise UserError(f"{out} holds data made with another target or settings; choose another --out")
     manifest = manifest or {"target": fingerprint, "settings": settings, "prompt_stats": prompt_stats,
@@ -216,15 +223,15 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
 def _keep_answers_of_made_shards(config: DatagenConfig, maker: ShardMaker) -> None:
     """Shards made before answers were kept on their own (or with another ``--answers``) get theirs now."""
     manifest_path = Path(config.out) / "manifest.json"
-    shards = json.loads(manifest_path.read_text())["shards"] if manifest_path.is_file() else []
-    for shard in shards:
-        path = config.answers_dir / shard["file"]
-        index = int(shard["file"].removeprefix("shard_").split(".")[0])
-        if not path.is_file() and (Path(config.out) / shard["file"]).is_file():
-            with safe_open(str(Path(config.out) / shard["file"]), "pt") as handle:
+    made = {shard["file"] for shard in json.loads(manifest_path.read_text())["shards"]} \
+        if manifest_path.is_file() else set()
+    for index in range(-(-len(maker.encoded) // config.shard_size)):
+        name = shard_name(index)
+        shard, path = Path(config.out) / name, config.answers_dir / name
+        if name in made and shard.is_file() and not path.is_file():
+            with safe_open(str(shard), "pt") as handle:
                 tensors = {k: handle.get_tensor(k) for k in ("input_ids", "loss_mask", "offsets")}
-            prompts = maker.encoded[index * config.shard_size:(index + 1) * config.shard_size]
-            save_answers(path, answers_of(tensors), maker.answer_meta(prompts))
+            save_answers(path, answers_of(tensors), maker.answer_meta(maker.prompts_of(index)))
 
 
 def answers_of(tensors: dict) -> list[list[int]]:
@@ -318,11 +325,8 @@ def shard_tensors(samples: list[tuple]) -> dict:
     """A shard's tensors from Samples (or plain (ids, loss_mask, hidden[, layers]) tuples, as tests write)."""
     samples = [Sample(*s) for s in samples]
     lengths = torch.tensor([0] + [s.ids.shape[0] for s in samples])
-    optional = {"hidden_layers": "layers", "topk_ids": "topk_ids", "topk_logp": "topk_logp"}
-    return {"input_ids": torch.cat([s.ids for s in samples]), "loss_mask": torch.cat([s.loss_mask for s in samples]),
-            "hidden": torch.cat([s.hidden for s in samples]), "offsets": lengths.cumsum(0),
-            **{key: torch.cat([getattr(s, field) for s in samples]) for key, field in optional.items()
-               if getattr(samples[0], field) is not None}}
+    return {"offsets": lengths.cumsum(0), **{key: torch.cat([getattr(s, field) for s in samples])
+                                             for field, key in SHARD_KEYS.items() if getattr(samples[0], field) is not None}}
 
 
 def save_shard(path: Path, tensors: dict) -> None:
