@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import json
+import random
 
 import pytest
 import torch
@@ -213,3 +214,20 @@ def test_training_stops_at_a_plateau_of_the_held_out_top1(tmp_path):
     assert training["stopped_by"] == "plateau" and training["steps"] == 3 and training["stopped_early"]
     assert trainer._plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.3)], 2)
     assert not trainer._plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.31)], 2)
+
+
+def test_holdout_from_draws_the_held_out_samples_past_a_prefix_and_keeps_the_old_split_by_default(tmp_path):
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    data = feature_data(tiny_target("llama"), tmp_path / "data")
+    everything = set(range(len(data.samples)))
+    train, held_out = data.split(0.25, seed=0)
+    order = list(range(len(data.samples)))
+    random.Random(0).shuffle(order)
+    assert (train, held_out) == (order[len(held_out):], order[:len(held_out)])   # the split drafts were trained with
+    train, held_out = data.split(0.25, seed=0, holdout_from=8)
+    assert held_out and min(held_out) >= 8 and set(train) | set(held_out) == everything
+    assert not set(train) & set(held_out)
+    with pytest.raises(UserError, match="holds 12 samples"):
+        data.split(0.25, seed=0, holdout_from=12)
