@@ -152,7 +152,10 @@ def run(checked: validate.Checked, questions: dict[str, list[Question]], argv: l
 def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv: list[str], run_dir: Path,
            info: dict, pool: Pool) -> None:
     plan = checked.plan
-    manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session(), plan.baseline)
+    cells = [runner.cell_entry(run_dir, suite_name, temperature, method, info["drafters"][method]["options"],
+                               info["drafters"][method]["checkpoint"], info["drafters"][method]["lossless"])
+             for suite_name in checked.suites for temperature in plan.temperatures for method in checked.methods]
+    manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session(), plan.baseline, cells)
     sweep = manifest.data["sweeps"][-1]
     sweep.update(target_check=info["target_check"], workers=pool.identities, worker_deaths=0)
     manifest.save()
@@ -161,9 +164,6 @@ def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv
         scored = runner.scoring(plan, suite)
         for temperature in plan.temperatures:
             for method in checked.methods:
-                drafter = info["drafters"][method]
-                manifest.add_cell(runner.cell_entry(run_dir, suite_name, temperature, method, drafter["options"],
-                                                    drafter["checkpoint"], drafter["lossless"]))
                 path = answer_file(run_dir, suite_name, method, temperature)
                 done[path] = {str(row["question_id"]) for row in read_rows(path, repair=True)}
             for question in questions[suite_name]:

@@ -296,11 +296,29 @@ def make_skipped_row(*, question_id: Any, category: str, task: str, model_id: st
 # Settings added after runs were first recorded, with the value those runs used: a run directory
 # made before a setting existed resumes (and hashes) as if it had been recorded at that value.
 LATER_SETTINGS = {"compile": "off", "compile_bucket": 256, "device_map": None}
+PER_METHOD_SETTINGS = ("options", "checkpoints")   # keyed by method; each cell records its own (Manifest.open)
+CELL_IDENTITY = ("options", "checkpoint", "lossless")   # what a cell's rows were made with
 
 
 def comparable_settings(settings: dict) -> dict:
     """Settings without the later-added ones that sit at the value older runs implicitly used."""
     return {k: v for k, v in settings.items() if not (k in LATER_SETTINGS and LATER_SETTINGS[k] == v)}
+
+
+def _shared(settings: dict) -> dict:
+    return {k: v for k, v in comparable_settings(settings).items() if k not in PER_METHOD_SETTINGS}
+
+
+def _check_cell(run_dir: Path, cells: list[dict], cell: dict) -> None:
+    """Refuses a cell whose rows in the folder were made with other options, checkpoint or acceptance rule."""
+    for old in cells:
+        if (old["suite"], old["method"], old["temperature"]) != (cell["suite"], cell["method"], cell["temperature"]):
+            continue
+        changed = [k for k in CELL_IDENTITY if old.get(k) != cell.get(k)]
+        if changed:
+            what = "; ".join(f"{k} {old.get(k)!r} there, {cell.get(k)!r} now" for k in changed)
+            raise UserError(f"{run_dir}: {cell['method']} on {cell['suite']} at T={cell['temperature']:g} was run "
+                            f"with other settings ({what}); choose another --out or repeat them")
 
 
 class Manifest:
@@ -312,29 +330,35 @@ class Manifest:
 
     @classmethod
     def open(cls, run_dir: Path, settings: dict, env: dict, argv: list[str], session: str = "",
-             baseline: str = DEFAULT_BASELINE) -> "Manifest":
+             baseline: str = DEFAULT_BASELINE, cells: Iterable[dict] = ()) -> "Manifest":
+        """The folder's manifest with this sweep added, or a refusal before anything is written.
+
+        Shared settings must repeat exactly. Options and checkpoints are per method: a sweep may add methods
+        (with their own checkpoints) to a folder, but each of its ``cells`` already in the folder must come
+        with the options, checkpoint and lossless flag its rows were made with."""
         path = run_dir / "manifest.json"
         sweep = {"argv": argv, "started": time.time(), "env": env, "session": session}
+        cells = list(cells)
         if path.is_file():
             data = json.loads(path.read_text())
-            before, now = comparable_settings(data.get("settings", {})), comparable_settings(settings)
+            before, now = _shared(data.get("settings", {})), _shared(settings)
             if before != now:
                 changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
                 raise UserError(f"{run_dir} holds results made with other settings ({', '.join(changed)}); "
                                 f"choose another --out or repeat the original settings")
+            for cell in cells:
+                _check_cell(run_dir, data["cells"], cell)
+            for key in PER_METHOD_SETTINGS:
+                data["settings"][key] = {**data["settings"].get(key, {}), **settings.get(key, {})}
             data["sweeps"].append(sweep)
             data.setdefault("baseline", baseline)
         else:
             data = {"schema_version": SCHEMA_VERSION, "settings": settings, "estimators": ESTIMATORS,
                     "baseline": baseline, "cells": [], "sweeps": [sweep]}
+        data["cells"] += [cell for cell in cells if cell not in data["cells"]]
         manifest = cls(path, data)
         manifest.save()
         return manifest
-
-    def add_cell(self, cell: dict) -> None:
-        if cell not in self.data["cells"]:
-            self.data["cells"].append(cell)
-            self.save()
 
     def add_cell_load(self, cell: dict, load: dict) -> None:
         """The machine's load over one cell of this sweep (harness/machine_load.py)."""

@@ -118,7 +118,11 @@ def run_dir_for(plan: Plan, settings: dict) -> Path:
 def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, decoders: dict[str, TurnDecoder],
            suites: dict[str, Suite], questions: dict[str, list[Question]], target_check: dict) -> None:
     session = new_session()
-    manifest = Manifest.open(run_dir, settings, env.capture(), argv, session, plan.baseline)
+    labels = {method: method + replay.SUFFIX if plan.replay and method != plan.baseline else method
+              for method in decoders}
+    cells = [sweep_cell(run_dir, suite_name, temperature, labels[method], decoder, labels[method] != method)
+             for suite_name in suites for temperature in plan.temperatures for method, decoder in decoders.items()]
+    manifest = Manifest.open(run_dir, settings, env.capture(), argv, session, plan.baseline, cells)
     manifest.data["sweeps"][-1]["target_check"] = target_check
     worker = {**env.worker(target.device), "session": session}
     manifest.data["sweeps"][-1]["workers"] = [worker]
@@ -131,12 +135,9 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
             for temperature in plan.temperatures:
                 sampling = SamplingParams(temperature, plan.top_p, plan.top_k)
                 for method, decoder in decoders.items():   # the baseline first
-                    replayed = plan.replay and method != plan.baseline
-                    label = method + replay.SUFFIX if replayed else method
+                    label = labels[method]
                     path = answer_file(run_dir, suite_name, label, temperature)
-                    cell = cell_entry(run_dir, suite_name, temperature, label, decoder.method.settings(),
-                                      decoder.method.checkpoint, decoder.lossless)
-                    manifest.add_cell({**cell, "replayed": True} if replayed else cell)
+                    replayed = label != method
                     source = answer_file(run_dir, suite_name, plan.baseline, temperature) if replayed else None
                     before = machine_load.sample()
                     if _run_cell(plan, target, suite, questions[suite_name], decoder, sampling, path, worker, source):
@@ -145,6 +146,14 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
         status = "complete"
     finally:
         manifest.finish_sweep(status)
+
+
+def sweep_cell(run_dir: Path, suite: str, temperature: float, label: str, decoder: TurnDecoder,
+               replayed: bool) -> dict:
+    """The manifest line of one cell this process sweeps (replayed cells say so)."""
+    cell = cell_entry(run_dir, suite, temperature, label, decoder.method.settings(), decoder.method.checkpoint,
+                      decoder.lossless)
+    return {**cell, "replayed": True} if replayed else cell
 
 
 def cell_entry(run_dir: Path, suite: str, temperature: float, method: str, options: dict, checkpoint: str | None,

@@ -82,6 +82,19 @@ def test_other_settings_in_the_same_run_dir_are_refused(tiny_dir, tmp_path):
         runner.run(plan(tiny_dir, tmp_path / "run", methods=("vanilla",), limit=1, max_new_tokens=8), argv=["b"])
 
 
+def test_a_folder_takes_new_methods_but_refuses_a_method_with_other_options(tiny_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    runner.run(plan(tiny_dir, run_dir, methods=("vanilla",), limit=1), argv=["a"])
+    runner.run(plan(tiny_dir, run_dir, methods=("pld",), limit=1, options={"pld": {"num_draft": 4}}), argv=["b"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["settings"]["options"] == {"pld": {"num_draft": 4}}
+    assert {c["method"] for c in manifest["cells"]} == {"vanilla", "pld"} and len(manifest["sweeps"]) == 2
+    with pytest.raises(UserError, match=r"pld on tiny-words at T=0 .*options"):
+        runner.run(plan(tiny_dir, run_dir, methods=("pld",), limit=2), argv=["c"])
+    assert len(json.loads((run_dir / "manifest.json").read_text())["sweeps"]) == 2   # refused before writing
+    assert len(read_rows(answer_file(run_dir, "tiny-words", "pld", 0.0))) == 1
+
+
 @pytest.mark.parametrize("argv,message", [
     (["run", "--methods", "eagel2"], "unknown method 'eagel2'"),
     (["run", "--methods", "pld", "--suite", "nosuch"], "unknown suite 'nosuch'"),
