@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import chat, env, machine_load, runner, selfcheck, validate
+from harness import chat, env, machine_load, replay, runner, selfcheck, validate
 from harness.errors import UserError
 from harness.records import Manifest, RowWriter, answer_file, new_session, read_rows, run_dir_lock
 from harness.sampling import SamplingParams
@@ -95,6 +95,10 @@ class SweepWorker:
         check = selfcheck.require(self.target, plan.seed)
         validate.check_context(plan, self.target)
         self.decoders = validate.build_decoders(self.checked, self.target)
+        if plan.replay:
+            replay.check_decoders(self.decoders)
+        self.replayed = {m: replay.Replayed(d, self.target) for m, d in self.decoders.items()
+                         if runner.cell_labels(plan, [m])[m] != m}
         self.stops = chat.stop_ids(self.target.tokenizer, getattr(self.target.model, "generation_config", None))
         self.identity = {**env.worker(self.target.device), "session": self.session}
         self.warm: set[tuple] = set()
@@ -104,18 +108,27 @@ class SweepWorker:
                                  "lossless": d.lossless} for m, d in self.decoders.items()}}
 
     def work(self, unit: "Unit") -> list[dict]:
-        """The unit's rows, one per method, in the order given (vanilla first)."""
+        """The unit's rows, one per method, in the order given (the baseline first); replayed methods from the
+        baseline's row of the question (the unit's, or the one just made)."""
         plan = self.checked.plan
         suite = self.checked.suites[unit.suite]
         sampling = SamplingParams(unit.temperature, plan.top_p, plan.top_k)
-        rows = []
+        rows, baseline_row = [], unit.baseline_row
         for method in unit.methods:
+            if method in self.replayed:
+                decoder = self.replayed[method]
+                decoder.begin(baseline_row)
+                rows.append(replay.label(runner.answer_row(plan, self.target, suite, unit.question, decoder,
+                                                           self.stops, sampling, unit.scored, self.identity)))
+                continue
             decoder = self.decoders[method]
             if (unit.suite, unit.temperature, method) not in self.warm:   # once per cell and worker
                 runner.warm_up(plan, self.target, decoder, self.questions[unit.suite], self.stops, sampling)
                 self.warm.add((unit.suite, unit.temperature, method))
             rows.append(runner.answer_row(plan, self.target, suite, unit.question, decoder, self.stops,
                                           sampling, unit.scored, self.identity))
+            if method == plan.baseline:
+                baseline_row = rows[-1]
         return rows
 
 
@@ -126,6 +139,7 @@ class Unit:
     question: Question
     methods: tuple[str, ...]
     scored: bool
+    baseline_row: dict | None = None   # --replay: the baseline's row of the question, when it exists already
 
     def __repr__(self) -> str:
         return f"{self.suite} question {self.question.id} (T={self.temperature:g})"
@@ -152,25 +166,29 @@ def run(checked: validate.Checked, questions: dict[str, list[Question]], argv: l
 def _sweep(checked: validate.Checked, questions: dict[str, list[Question]], argv: list[str], run_dir: Path,
            info: dict, pool: Pool) -> None:
     plan = checked.plan
-    cells = [runner.cell_entry(run_dir, suite_name, temperature, method, info["drafters"][method]["options"],
-                               info["drafters"][method]["checkpoint"], info["drafters"][method]["lossless"])
-             for suite_name in checked.suites for temperature in plan.temperatures for method in checked.methods]
+    labels = runner.cell_labels(plan, checked.methods)
+    cells = [runner.cell_entry(run_dir, suite_name, temperature, labels[m], info["drafters"][m]["options"],
+                               info["drafters"][m]["checkpoint"], info["drafters"][m]["lossless"],
+                               replayed=labels[m] != m)
+             for suite_name in checked.suites for temperature in plan.temperatures for m in checked.methods]
     manifest = Manifest.open(run_dir, info["settings"], env.capture(), argv, new_session(), plan.baseline, cells)
     sweep = manifest.data["sweeps"][-1]
     sweep.update(target_check=info["target_check"], workers=pool.identities, worker_deaths=0)
+    if plan.replay:
+        sweep["replayed"] = True
     manifest.save()
-    units, done = deque(), {}
+    units = deque()
     for suite_name, suite in checked.suites.items():
         scored = runner.scoring(plan, suite)
         for temperature in plan.temperatures:
-            for method in checked.methods:
-                path = answer_file(run_dir, suite_name, method, temperature)
-                done[path] = {str(row["question_id"]) for row in read_rows(path, repair=True)}
+            rows = {m: {str(row["question_id"]): row for row in
+                        read_rows(answer_file(run_dir, suite_name, labels[m], temperature), repair=True)}
+                    for m in checked.methods}
             for question in questions[suite_name]:
-                missing = tuple(m for m in checked.methods
-                                if question.id not in done[answer_file(run_dir, suite_name, m, temperature)])
+                missing = tuple(m for m in checked.methods if question.id not in rows[m])
                 if missing:
-                    units.append(Unit(suite_name, temperature, question, missing, scored))
+                    baseline_row = rows[plan.baseline].get(question.id) if plan.replay else None
+                    units.append(Unit(suite_name, temperature, question, missing, scored, baseline_row))
     status = "interrupted"
     writers: dict[Path, RowWriter] = {}
     loads: dict[tuple, list] = {}   # (suite, method, temperature) -> this sweep's row load records

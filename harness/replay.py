@@ -119,13 +119,11 @@ def _rows(features: Tensor, size: int, index: Tensor, at: Tensor) -> Tensor:
     return rows
 
 
-def check_plan(temperatures: tuple[float, ...], workers: int | None) -> None:
+def check_plan(temperatures: tuple[float, ...]) -> None:
     """Settings replay cannot serve, refused before the model loads, with the reason."""
     if any(t != 0 for t in temperatures):
         raise UserError("--replay reproduces decoding at T = 0 only: at T > 0 the accepted tokens are random draws, "
                         "not vanilla's tokens; measure T > 0 with real decoding (drop --replay)")
-    if workers:
-        raise UserError("--replay runs in this process; drop --workers")
 
 
 def check_decoders(decoders: dict[str, TurnDecoder]) -> None:

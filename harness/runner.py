@@ -78,7 +78,7 @@ class Plan:
 
 def run(plan: Plan, argv: list[str]) -> Path:
     if plan.replay:
-        replay.check_plan(plan.temperatures, plan.workers)
+        replay.check_plan(plan.temperatures)
     if plan.workers:
         from harness import cluster   # imports Ray, which nothing else needs
         cluster.require_ray()         # one line saying how to install it, before anything loads
@@ -118,9 +118,9 @@ def run_dir_for(plan: Plan, settings: dict) -> Path:
 def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: Target, decoders: dict[str, TurnDecoder],
            suites: dict[str, Suite], questions: dict[str, list[Question]], target_check: dict) -> None:
     session = new_session()
-    labels = {method: method + replay.SUFFIX if plan.replay and method != plan.baseline else method
-              for method in decoders}
-    cells = [sweep_cell(run_dir, suite_name, temperature, labels[method], decoder, labels[method] != method)
+    labels = cell_labels(plan, decoders)
+    cells = [cell_entry(run_dir, suite_name, temperature, labels[method], decoder.method.settings(),
+                        decoder.method.checkpoint, decoder.lossless, replayed=labels[method] != method)
              for suite_name in suites for temperature in plan.temperatures for method, decoder in decoders.items()]
     manifest = Manifest.open(run_dir, settings, env.capture(), argv, session, plan.baseline, cells)
     manifest.data["sweeps"][-1]["target_check"] = target_check
@@ -148,20 +148,18 @@ def _sweep(plan: Plan, argv: list[str], run_dir: Path, settings: dict, target: T
         manifest.finish_sweep(status)
 
 
-def sweep_cell(run_dir: Path, suite: str, temperature: float, label: str, decoder: TurnDecoder,
-               replayed: bool) -> dict:
-    """The manifest line of one cell this process sweeps (replayed cells say so)."""
-    cell = cell_entry(run_dir, suite, temperature, label, decoder.method.settings(), decoder.method.checkpoint,
-                      decoder.lossless)
-    return {**cell, "replayed": True} if replayed else cell
+def cell_labels(plan: Plan, methods) -> dict[str, str]:
+    """Each method's cell label: ``<method>-replay`` for the methods a ``--replay`` sweep replays."""
+    return {m: m + replay.SUFFIX if plan.replay and m != plan.baseline else m for m in methods}
 
 
 def cell_entry(run_dir: Path, suite: str, temperature: float, method: str, options: dict, checkpoint: str | None,
-               lossless: bool) -> dict:
-    """A cell's line in the manifest."""
+               lossless: bool, replayed: bool = False) -> dict:
+    """A cell's line in the manifest (``method`` is its label; replayed cells say so)."""
     path = answer_file(run_dir, suite, method, temperature)
-    return {"suite": suite, "method": method, "temperature": temperature, "file": str(path.relative_to(run_dir)),
+    cell = {"suite": suite, "method": method, "temperature": temperature, "file": str(path.relative_to(run_dir)),
             "options": options, "checkpoint": checkpoint, "lossless": lossless}
+    return {**cell, "replayed": True} if replayed else cell
 
 
 def scoring(plan: Plan, suite: Suite) -> bool:

@@ -81,13 +81,13 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_adds_nothing(local_ray, tiny_
     sweep.start()
     path = answer_file(tmp_path / "run", "tiny-many", "vanilla", 0.0)
     killed = None
-    deadline = time.time() + 120
+    deadline = time.time() + 600   # Ray's workers start slowly when other jobs share the 2 cores
     while killed is None and time.time() < deadline and sweep.is_alive():
         if path.is_file() and path.read_text().strip():
             killed = json.loads(path.read_text().splitlines()[0])["worker"]["pid"]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.02)
-    sweep.join(timeout=180)
+    sweep.join(timeout=600)
     assert killed is not None and "dir" in finished
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["sweeps"][-1]["status"] == "complete" and manifest["sweeps"][-1]["worker_deaths"] == 1
@@ -101,6 +101,28 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_adds_nothing(local_ray, tiny_
     runner.run(plan, argv=["again"])
     assert (tmp_path / "run" / "answers" / "tiny-many" / "pld-temperature-0.jsonl").read_bytes() == before
     assert len(raw_rows(tmp_path / "run")) == 32
+
+
+def test_two_workers_replay_the_accept_lengths_of_one_process(local_ray, tiny_dir, tmp_path):
+    plan = dict(methods=("vanilla", "pld"), suites=("tiny-many",), target=tiny_dir, max_new_tokens=24, warmup=0,
+                limit=6)
+    alone = runner.run(runner.Plan(**plan, out=tmp_path / "one", replay=True), argv=["one"])
+    half = runner.run(runner.Plan(**{**plan, "limit": 3}, out=tmp_path / "two"), argv=["vanilla first"])
+    spread = runner.run(runner.Plan(**plan, out=half, replay=True, workers=2), argv=["two"])
+    for method in ("vanilla", "pld-replay"):
+        one = {r["question_id"]: r for r in read_rows(answer_file(alone, "tiny-many", method, 0.0))}
+        two = {r["question_id"]: r for r in read_rows(answer_file(spread, "tiny-many", method, 0.0))}
+        assert len(one) == 6 and one.keys() == two.keys()
+        for qid in one:
+            assert two[qid]["token_ids"] == one[qid]["token_ids"]
+            assert two[qid]["choices"][0]["accept_lengths"] == one[qid]["choices"][0]["accept_lengths"]
+    replayed = read_rows(answer_file(spread, "tiny-many", "pld-replay", 0.0))
+    assert all(r["replayed"] and r["choices"][0]["wall_time"] == [None] for r in replayed)
+    assert len({r["worker"]["pid"] for r in replayed}) == 2, "both workers replayed"
+    manifest = json.loads((spread / "manifest.json").read_text())
+    assert manifest["sweeps"][-1]["replayed"] is True and manifest["sweeps"][-1]["status"] == "complete"
+    assert {c["method"]: c.get("replayed", False) for c in manifest["cells"]} == {"vanilla": False, "pld": False,
+                                                                                  "pld-replay": True}
 
 
 def test_without_ray_workers_say_how_to_install_it(monkeypatch, capsys, tiny_dir, tmp_path):
