@@ -37,6 +37,7 @@ NO_LAYERS = ("eagle3 trains on the target's low/mid/high layer features, which {
              "with python -m harness datagen --feature-layers eagle3")
 
 
+HEAD_INITS = ("random", "target")
 DEFAULT_DRAFT_VOCAB = 8192   # of SmolLM2's 49,152 ids: docs/methods.md "Draft vocabulary size"
 
 
@@ -47,6 +48,12 @@ class Eagle3Loss:
     draft_vocab: int = DEFAULT_DRAFT_VOCAB   # V_d, the draft head's size (traineagle3/config.json: 32000 of 128256)
     ce_sample: int = 0            # per step, the cross-entropy on at most this many random loss positions (0 = all),
                                   # scaled to the full count: the draft head dominates CPU training time
+    head_init: str = "random"     # "random" as the reference (cnets.py: a fresh nn.Linear); "target": lm_head starts
+                                  # as the target's rows of the draft vocabulary and norm as its final norm
+
+    def __post_init__(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise UserError(f"head_init={self.head_init!r}: choose one of {', '.join(HEAD_INITS)}")
 
 
 def data_layers(data, num_layers: int) -> tuple[int, ...]:

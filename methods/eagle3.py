@@ -132,6 +132,16 @@ class Eagle3Net(nn.Module):
     def head(self, out: Tensor) -> Tensor:
         return self.lm_head(self.norm(out))
 
+    @torch.no_grad()
+    def start_head_from(self, target_model: nn.Module) -> None:
+        """lm_head := the target's output rows of the draft vocabulary, norm := the target's final norm, so the
+        untrained head reads the draft's output as the target reads its last hidden state (``head_init=target``;
+        not in the reference, which starts from a fresh nn.Linear)."""
+        weight = target_model.get_output_embeddings().weight
+        rows = self.to_target(torch.arange(self.draft_vocab_size, device=self.d2t.device)).to(weight.device)
+        self.lm_head.weight.copy_(weight[rows])
+        self.norm.weight.copy_(target_model.get_decoder().norm.weight)
+
     def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
         """(what the head reads, what the next level is fed): the same pre-norm output."""
         return out, out
@@ -230,6 +240,8 @@ class Eagle3(Eagle2):
         else:
             layers = data_layers(data, target.config.num_hidden_layers)
             net = cls.net_class(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
+        if loss.head_init == "target":
+            net.start_head_from(target.model)
         return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss)
 
     @classmethod

@@ -320,7 +320,7 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     assert {"ce1", "ce3", "acc3"} <= set(rows[0])
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == {"draft_vocab_size": 40, "feature_layers": list(eagle3_layers(2))}
-    assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40, "ce_sample": 0}
+    assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40, "ce_sample": 0, "head_init": "random"}
     evals = list(csv.DictReader(open(out / "eval_log.csv")))
     assert {"top1_depth1", "top1_depth3"} <= set(evals[-1])
     drafter = Eagle3(target, checkpoint=str(out), total_tokens=10, depth=2, top_k=3)
@@ -341,6 +341,21 @@ def test_ce_sample_scales_to_the_full_loss_in_expectation(tmp_path):
         torch.manual_seed(0)
         estimate = sum(float(sampled.loss(full_net, batch)[0]) for _ in range(200)) / 200
     assert abs(estimate - exact) < 0.05 * exact
+
+
+def test_head_init_target_starts_the_head_as_the_targets_rows(tmp_path):
+    target = tiny_target("llama")
+    data = layer_data(target, tmp_path / "data")
+    out = torch.randn(5, target.config.hidden_size)
+    with torch.no_grad():
+        logits = target.model.lm_head(target.model.model.norm(out))
+        started, _ = Eagle3.training_setup(target, data, draft_vocab=40, head_init="target")
+        fresh, _ = Eagle3.training_setup(target, data, draft_vocab=40)
+        rows = started.to_target(torch.arange(40))
+        torch.testing.assert_close(started.head(out), logits[:, rows])
+        assert not torch.allclose(fresh.head(out), logits[:, rows], atol=1e-3)
+    with pytest.raises(UserError, match="head_init='copy': choose one of random, target"):
+        Eagle3.loss_config(head_init="copy")
 
 
 def test_training_refuses_data_without_layer_features(tmp_path):
