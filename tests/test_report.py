@@ -365,13 +365,14 @@ def test_published_claims_get_our_paired_verdict(tmp_path):
         paper.load_anchors(bad)
 
 
-def test_paper_tables_show_replayed_cells_as_tau_only_and_pair_them_with_each_other(tmp_path):
+@pytest.mark.parametrize("suite", ["gsm8k", "gsm8k_eagle80"])
+def test_paper_tables_show_replayed_cells_as_tau_only_and_pair_them_with_each_other(tmp_path, suite):
     """A full-suite replay (cells <method>-replay) fills the paper tables' τ, without speed, and the paired
-    verdicts compare replayed with replayed."""
+    verdicts compare replayed with replayed. HASS's GSM8K column is EAGLE's 80 questions, or the full set."""
     accepts = {"eagle2": ([2, 2, 2, 2, 2], [1, 3, 3, 3]), "hass": ([3, 3, 3, 1], [4, 4, 2])}
-    rows = [make_row(q, "vanilla", 0.0, [1] * 10, 1.0, "a", suite="gsm8k") for q in (1, 2)]
+    rows = [make_row(q, "vanilla", 0.0, [1] * 10, 1.0, "a", suite=suite) for q in (1, 2)]
     for method, (first, second) in accepts.items():
-        rows += [dict(make_row(q, f"{method}-replay", 0.0, accept, None, "a", suite="gsm8k"), replayed=True)
+        rows += [dict(make_row(q, f"{method}-replay", 0.0, accept, None, "a", suite=suite), replayed=True)
                  for q, accept in ((1, first), (2, second))]
     out = build([write_run(tmp_path / "full", rows)], tmp_path / "report", paper="hass")
     md = (out / "paper_hass.md").read_text()
