@@ -220,8 +220,7 @@ class Eagle3Objective:
             wanted = batch.hidden[:, 1:][mask]
             logits = self.target_logits(wanted)      # once: the draft columns are read from the full logits
             top = logits.argmax(-1)
-            columns = net.to_target(torch.arange(net.draft_vocab_size, device=mask.device))
-            logp = torch.log_softmax(logits[:, columns], dim=-1)
+            logp = torch.log_softmax(logits[:, net.target_ids().to(logits.device)], dim=-1)
             del logits
         return mask, row, top, logp
 

@@ -138,8 +138,7 @@ class Eagle3Net(nn.Module):
         untrained head reads the draft's output as the target reads its last hidden state (``head_init=target``;
         not in the reference, which starts from a fresh nn.Linear)."""
         weight = target_model.get_output_embeddings().weight
-        rows = self.to_target(torch.arange(self.draft_vocab_size, device=self.d2t.device)).to(weight.device)
-        self.lm_head.weight.copy_(weight[rows])
+        self.lm_head.weight.copy_(weight[self.target_ids().to(weight.device)])
         self.norm.weight.copy_(target_model.get_decoder().norm.weight)
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,6 +147,10 @@ class Eagle3Net(nn.Module):
 
     def to_target(self, draft_ids: Tensor) -> Tensor:
         return draft_ids + self.d2t[draft_ids]
+
+    def target_ids(self) -> Tensor:
+        """The target id of each row of the draft head, in row order."""
+        return self.to_target(torch.arange(self.draft_vocab_size, device=self.d2t.device))
 
 
 def vocab_maps(vocab: Tensor, target_vocab: int) -> tuple[Tensor, Tensor]:
