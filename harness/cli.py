@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from harness import report
+from harness.report import curves
 from harness.errors import LosslessFailure, UserError
 from harness.static_shapes import COMPILE_MODES
 
@@ -336,12 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_check(sub)
     report_parser = sub.add_parser("report", help="tables, plots and paper tables from result folders")
     report.add_arguments(report_parser)
+    curves.add_arguments(sub.add_parser("curves", help="learning curves of trained drafts: table, plot, goal check"))
     sub.add_parser("list", help="registered methods and suites")
     suites_parser = sub.add_parser("suites", help="every suite with its record counts from the resolved data")
     suites_parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
                 "export": _export, "engine-check": _engine_check, "report": lambda args, argv: report.run(args),
+                "curves": lambda args, argv: curves.run(args),
                 "suites": _suites}
     try:
         handlers[args.command](args, argv)

@@ -212,8 +212,8 @@ def test_training_stops_at_a_plateau_of_the_held_out_top1(tmp_path):
     out = trainer.train(Eagle2, target, data, tmp_path / "draft", settings)
     training = json.loads((out / "config.json").read_text())["training"]
     assert training["stopped_by"] == "plateau" and training["steps"] == 3 and training["stopped_early"]
-    assert trainer._plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.3)], 2)
-    assert not trainer._plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.31)], 2)
+    assert trainer.reached_plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.3)], 2)
+    assert not trainer.reached_plateau([{"top1_depth1": v} for v in (0.1, 0.3, 0.2, 0.31)], 2)
 
 
 def test_holdout_from_draws_the_held_out_samples_past_a_prefix_and_keeps_the_old_split_by_default(tmp_path):

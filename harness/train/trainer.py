@@ -124,7 +124,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
             distributed.barrier()   # the others wait while rank 0 evaluates and saves
 
     def plateau() -> bool:
-        reached = _plateau(state["evals"], config.patience)
+        reached = reached_plateau(state["evals"], config.patience)
         return distributed.from_main(reached) if group is not None else reached   # only rank 0 evaluates
 
     halt = None   # why this run ends before its last epoch: "budget", "steps" or "plateau"
@@ -177,7 +177,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
     return out
 
 
-def _plateau(evals: list[dict], patience: int | None, key: str = "top1_depth1") -> bool:
+def reached_plateau(evals: list[dict], patience: int | None, key: str = "top1_depth1") -> bool:
     """True when the last ``patience`` evaluations brought no new best ``key`` (held-out depth-1 top-1)."""
     if not patience or len(evals) <= patience:
         return False

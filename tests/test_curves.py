@@ -1,0 +1,46 @@
+"""`harness curves`: learning-curve table, plot and goal check from checkpoint folders (no model needed)."""
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.errors import UserError
+from harness.report import curves
+
+
+def _checkpoint(directory, method, depth1, stopped_by="steps", patience=2, holdout_from=0):
+    directory.mkdir(parents=True)
+    evals = [{"epoch": 1, "step": 10 * (i + 1), "top1_depth1": v, "top1_depth2": v / 2} for i, v in enumerate(depth1)]
+    config = {"method": method, "training": {
+        "config": {"holdout": 0.05, "holdout_from": holdout_from, "patience": patience},
+        "data_samples": 100, "steps": 10 * len(depth1), "seconds": 12.5, "stopped_by": stopped_by, "evals": evals}}
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_summary_says_whether_each_run_rose_plateaued_and_reached_the_goal(tmp_path):
+    rising = _checkpoint(tmp_path / "rising", "eagle2", [0.30, 0.40, 0.45])
+    flat = _checkpoint(tmp_path / "flat", "hass", [0.10, 0.60, 0.50, 0.60], stopped_by="plateau", holdout_from=64)
+    table = curves.summary([curves.load_curve(rising), curves.load_curve(flat)], goal=0.55)
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["depth1"] == pytest.approx(0.45) and first["last_gain"] == pytest.approx(0.05)
+    assert not first["plateau"] and not first["goal_reached"] and first["stopped_by"] == "steps"
+    assert second["plateau"] and second["goal_reached"] and second["held_out"].endswith("from #64")
+    assert second["depth2"] == pytest.approx(0.30)
+
+
+def test_cli_writes_the_table_and_the_plot(tmp_path, capsys):
+    checkpoint = _checkpoint(tmp_path / "ckpt", "coral", [0.2, 0.25])
+    out = tmp_path / "report"
+    assert main(["curves", str(checkpoint), "--goal", "0.55", "--out", str(out)]) == 0
+    text = (out / "curves.md").read_text()
+    assert "| coral |" in text and "0.250" in text and "| no |" in text
+    assert (out / "curves.png").stat().st_size > 0 and (out / "curves.svg").is_file()
+
+
+def test_a_folder_without_a_training_record_is_refused_clearly(tmp_path, capsys):
+    with pytest.raises(UserError, match="no config.json"):
+        curves.load_curve(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"method": "eagle2", "training": {"evals": []}}))
+    assert main(["curves", str(tmp_path)]) == 2
+    assert "no held-out evaluations" in capsys.readouterr().err
