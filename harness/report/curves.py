@@ -17,16 +17,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import pandas as pd  # noqa: E402
-
-from harness.errors import UserError  # noqa: E402
-from harness.report.render import markdown_table  # noqa: E402
-from harness.report.tables import Table, num  # noqa: E402
-from harness.train.trainer import reached_plateau  # noqa: E402
+from harness.errors import UserError
+from harness.report.plots import plt, save
+from harness.report.render import markdown_table
+from harness.report.tables import Table, num
+from harness.train.trainer import reached_plateau
 
 
 @dataclass
@@ -82,7 +79,7 @@ def summary(curves: list[Curve], goal: float | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(curves: list[Curve], goal: float | None, out_dir: Path) -> Path:
+def plot(curves: list[Curve], goal: float | None, out_dir: Path) -> None:
     fig, axis = plt.subplots(figsize=(6.4, 3.6 + 0.2 * len(curves)))
     for curve in curves:
         axis.plot(curve.evals["step"], curve.evals["top1_depth1"], marker="o", markersize=3,
@@ -92,13 +89,7 @@ def plot(curves: list[Curve], goal: float | None, out_dir: Path) -> Path:
     axis.set_xlabel("training step (this run)")
     axis.set_ylabel("held-out top-1, depth 1")
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
-    axis.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    png = out_dir / "curves.png"
-    fig.savefig(png, dpi=110, metadata={"Software": None})
-    fig.savefig(out_dir / "curves.svg", metadata={"Date": None})
-    plt.close(fig)
-    return png
+    save(fig, out_dir, "curves")
 
 
 def write(directories: list[Path], out_dir: Path, goal: float | None) -> Path:

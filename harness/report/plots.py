@@ -23,6 +23,16 @@ plt.rcParams.update({"svg.hashsalt": "harness-report", "font.size": 10, "axes.ti
                      "axes.spines.top": False, "axes.spines.right": False})
 
 
+def save(fig: plt.Figure, directory: Path, key: str) -> tuple[Path, Path]:
+    """PNG (for the HTML page) and SVG (for papers), both reproducible byte for byte; closes the figure."""
+    png, svg = directory / f"{key}.png", directory / f"{key}.svg"
+    fig.tight_layout()
+    fig.savefig(png, dpi=110, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None})
+    plt.close(fig)
+    return png, svg
+
+
 @dataclass
 class Figure:
     key: str
@@ -45,12 +55,7 @@ class Plotter:
         return self._colours[label]
 
     def _save(self, fig: plt.Figure, key: str, caption: str) -> Figure:
-        png, svg = self.dir / f"{key}.png", self.dir / f"{key}.svg"
-        fig.tight_layout()
-        fig.savefig(png, dpi=110, metadata={"Software": None})
-        fig.savefig(svg, metadata={"Date": None})
-        plt.close(fig)
-        return Figure(key, caption, png, svg)
+        return Figure(key, caption, *save(fig, self.dir, key))
 
     @staticmethod
     def _panels(count: int, width: float = 5.2, height: float = 3.6) -> tuple[plt.Figure, list[plt.Axes]]:
