@@ -81,6 +81,9 @@ def export(net, target, out: Path, flavor: str = "eagle", dtype: torch.dtype = t
     """Write ``net`` (an Eagle3Net) in the released EAGLE-3 layout."""
     if flavor not in FORMATS:
         raise UserError(f"unknown export format {flavor!r} (known: {', '.join(FORMATS)})")
+    if target.config.num_hidden_layers in net.layers:
+        raise UserError(f"this draft fuses the final-norm features (layer {target.config.num_hidden_layers}, "
+                        f"--loss layers): the engines fuse decoder-layer inputs only, so it cannot be exported")
     weights = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
                for k, v in net.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)

@@ -50,10 +50,43 @@ class Eagle3Loss:
                                   # scaled to the full count: the draft head dominates CPU training time
     head_init: str = "random"     # "random" as the reference (cnets.py: a fresh nn.Linear); "target": lm_head starts
                                   # as the target's rows of the draft vocabulary and norm as its final norm
+    layers: str = ""              # the layer inputs to fuse, e.g. "2,15,30": "" = the data's (--feature-layers);
+                                  # each one the data stores, or N (the target's layer count) for the final-norm
+                                  # features every datagen folder holds (not EAGLE-3's choice; see fused_layers)
 
     def __post_init__(self) -> None:
         if self.head_init not in HEAD_INITS:
             raise UserError(f"head_init={self.head_init!r}: choose one of {', '.join(HEAD_INITS)}")
+
+
+def fused_layers(spec: str | int, stored: tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """The layers a run fuses: ``stored`` (the data's) unless ``spec`` names others, each of which must be
+    stored or be ``num_layers``, the input the LM head reads (transformers' ``hidden_states[N]``, after
+    the final norm: the features the EAGLE-2 family drafts from). EAGLE-3 taps the input of layer N-3 as
+    its high layer; on a small target the last three layers may carry what a one-layer draft needs at
+    depth 1, which ``--loss layers=2,15,30`` measures (docs/methods.md)."""
+    if spec in ("", None):
+        return stored
+    try:
+        wanted = tuple(int(part) for part in str(spec).split(","))
+    except ValueError:
+        raise UserError(f"layers={spec!r}: give comma-separated layer numbers, e.g. 2,15,{num_layers}") from None
+    missing = [i for i in wanted if i not in stored and i != num_layers]
+    if missing or len(set(wanted)) != len(wanted):
+        raise UserError(f"layers={spec}: the data stores the inputs of layers {','.join(map(str, stored))} and the "
+                        f"final-norm features (layer {num_layers}); choose among those, each once")
+    return wanted
+
+
+def gather_fused(batch: Batch, stored: tuple[int, ...], wanted: tuple[int, ...]) -> Tensor:
+    """[B, L, k*H] inputs of the ``wanted`` layers from the batch's ``stored`` ones; a wanted layer that is
+    not stored is the final-norm features ``batch.hidden`` (fused_layers allows no other)."""
+    if wanted == stored:
+        return batch.layers
+    width = batch.hidden.shape[-1]
+    parts = [batch.layers[..., stored.index(i) * width:(stored.index(i) + 1) * width] if i in stored
+             else batch.hidden.to(batch.layers.dtype) for i in wanted]
+    return torch.cat(parts, dim=-1)
 
 
 def data_layers(data, num_layers: int) -> tuple[int, ...]:
@@ -194,8 +227,14 @@ def ttt_layer(net: nn.Module, embeds: Tensor, hidden: Tensor, index: Tensor, ste
 class Eagle3Objective:
     """Training-time-test loss and held-out metrics; the target's embedding and head stay frozen."""
 
-    def __init__(self, target, loss: Eagle3Loss) -> None:
-        self.target, self.cfg = target, loss
+    def __init__(self, target, loss: Eagle3Loss, stored_layers: tuple[int, ...] | None = None) -> None:
+        """``stored_layers``: the layer inputs the batches hold, when the net fuses others (fused_layers)."""
+        self.target, self.cfg, self.stored_layers = target, loss, stored_layers
+
+    def fused(self, net: nn.Module, batch: Batch) -> Tensor:
+        if batch.layers is None:
+            raise UserError(NO_LAYERS.format(where="this batch"))
+        return gather_fused(batch, self.stored_layers or net.layers, net.layers)
 
     def target_logits(self, features: Tensor, columns: Tensor | None = None) -> Tensor:
         """The target's logits from final-norm features, all columns or only ``columns``."""
@@ -211,8 +250,6 @@ class Eagle3Objective:
         """(loss mask m [B, L-1] of the fed x_{t+1}, row [B, L-1] of each loss position in the next two (-1
         elsewhere), the target's top-1 ids [M] and log-probabilities over the draft vocabulary [M, V_d] of
         the prediction made after x_{t+1}, at the M loss positions)."""
-        if batch.layers is None:
-            raise UserError(NO_LAYERS.format(where="this batch"))
         mask = (batch.loss_mask & batch.valid)[:, 1:]
         row = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
         row[mask] = torch.arange(int(mask.sum()), device=mask.device)
@@ -252,7 +289,7 @@ class Eagle3Objective:
             wanted.append(used)
             scales.append(scale)
             counted.append(int(at.sum()))
-        outputs = unroll(net, self.target.embed, batch.ids, batch.layers, self.cfg.steps, wanted)
+        outputs = unroll(net, self.target.embed, batch.ids, self.fused(net, batch), self.cfg.steps, wanted)
         probs, best = logp.exp(), logp.argmax(-1)     # once for all steps (each step reads a subset of rows)
         total, logs = 0.0, {}
         for i, out in enumerate(outputs):
@@ -272,7 +309,7 @@ class Eagle3Objective:
         draft vocabulary count as misses): (hits, count)."""
         mask, row, top, _ = self.prepare(net, batch)
         wanted = [self.at_step(mask, row, i)[0] for i in range(depths)]
-        outputs = unroll(net, self.target.embed, batch.ids, batch.layers, depths, wanted)
+        outputs = unroll(net, self.target.embed, batch.ids, self.fused(net, batch), depths, wanted)
         out = {}
         for i, pred in enumerate(outputs):
             at, rows = self.at_step(mask, row, i)

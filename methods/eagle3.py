@@ -42,7 +42,8 @@ from harness.train.datagen import eagle3_layers
 from harness.tree import DraftTree
 from harness.verify import Verdict
 from methods import _eagle3_io as eagle3_io
-from methods._eagle3_train import DEFAULT_DRAFT_VOCAB, Eagle3Loss, Eagle3Objective, data_layers, draft_vocabulary
+from methods._eagle3_train import (DEFAULT_DRAFT_VOCAB, Eagle3Loss, Eagle3Objective, data_layers, draft_vocabulary,
+                                   fused_layers)
 from methods.eagle2 import Eagle2, EagleOptions
 
 
@@ -237,15 +238,17 @@ class Eagle3(Eagle2):
         """The draft vocabulary is the V_d most frequent answer tokens of ``data``; the fused layers are the
         ones the data was made with (``datagen --feature-layers eagle3``)."""
         loss = Eagle3Loss(**cls.loss_config(**loss_overrides))
+        stored = None
         if data is None:
             torch.manual_seed(0)
             net = cls.build_net(target)
         else:
-            layers = data_layers(data, target.config.num_hidden_layers)
+            stored = data_layers(data, target.config.num_hidden_layers)
+            layers = fused_layers(loss.layers, stored, target.config.num_hidden_layers)
             net = cls.net_class(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
         if loss.head_init == "target":
             net.start_head_from(target.model)
-        return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss)
+        return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss, stored)
 
     @classmethod
     def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from harness.decode import generate
 from harness.errors import UserError
 from harness.sampling import SamplingParams
 from harness.train import trainer
-from harness.train.data import FeatureData
+from harness.train.data import Batch, FeatureData
 from harness.train.datagen import eagle3_layers, save_shard, shard_tensors
 from harness.verify import Verifier
 from methods._eagle3_train import draft_vocabulary, unroll
@@ -127,7 +127,6 @@ def test_diagonal_unroll_equals_the_dense_attention_in_loss_and_gradients(monkey
     """The unroll's causal-plus-diagonal attention, run only at the positions the loss reads, gives the dense
     [L, (i+1)L]-mask formulation's outputs, loss and gradients (fp32, GQA: 4 heads over 2 kv heads)."""
     import methods._eagle3_train as train
-    from harness.train.data import Batch
     target = tiny_target("llama")
     net, objective = Eagle3.training_setup(target, None, draft_vocab=40, steps=4, ce_sample=ce_sample)
     torch.manual_seed(1)
@@ -320,7 +319,8 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     assert {"ce1", "ce3", "acc3"} <= set(rows[0])
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == {"draft_vocab_size": 40, "feature_layers": list(eagle3_layers(2))}
-    assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40, "ce_sample": 0, "head_init": "random"}
+    assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40, "ce_sample": 0, "head_init": "random",
+                              "layers": ""}
     evals = list(csv.DictReader(open(out / "eval_log.csv")))
     assert {"top1_depth1", "top1_depth3"} <= set(evals[-1])
     drafter = Eagle3(target, checkpoint=str(out), total_tokens=10, depth=2, top_k=3)
@@ -356,6 +356,43 @@ def test_head_init_target_starts_the_head_as_the_targets_rows(tmp_path):
         assert not torch.allclose(fresh.head(out), logits[:, rows], atol=1e-3)
     with pytest.raises(UserError, match="head_init='copy': choose one of random, target"):
         Eagle3.loss_config(head_init="copy")
+
+
+def test_layers_option_fuses_the_final_norm_features_in_training_and_drafting(tmp_path):
+    """``--loss layers=...,N`` puts the stored final-norm features where a layer input was: training reads
+    them from ``hidden``, drafting from the target's last tap, and the two are the same tensor. Lossless
+    as ever; the engines cannot fuse them, so export refuses."""
+    from harness.target import Target
+    from harness.train.datagen import _features
+    from methods._eagle3_train import gather_fused
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama", layers=8)
+    target = Target(model, tokenizer=None, model_id="tiny-8", max_len=128)
+    prompt, answer = [0, 7, 8, 9], [10, 11, 12]
+    sample = _features(model, [answer], [prompt], eagle3_layers(8))[0]
+    drafter = Eagle3(target, checkpoint="random")
+    drafter.net.layers = (2, 4, 8)
+    target.use_taps(tuple(i - 1 for i in drafter.net.layers))
+    out = target.prefill(torch.tensor(prompt + answer))
+    batch = Batch(ids=sample.ids.long()[None], hidden=sample.hidden.float()[None], loss_mask=None, valid=None,
+                  layers=sample.layers.float()[None])
+    fused = gather_fused(batch, (2, 4, 5), (2, 4, 8))[0]
+    torch.testing.assert_close(torch.cat(out.taps, dim=-1), fused, atol=2e-2, rtol=2e-2)   # bf16 storage
+    torch.testing.assert_close(fused[:, -sample.hidden.shape[-1]:], sample.hidden.float())
+
+    tiny = tiny_target("llama")
+    data = layer_data(tiny, tmp_path / "data")
+    settings = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=2)
+    trained = trainer.train(Eagle3, tiny, data, tmp_path / "draft", settings, {"draft_vocab": 40, "steps": 2,
+                                                                                 "layers": "0,1,2"})
+    assert json.loads((trained / "config.json").read_text())["architecture"]["feature_layers"] == [0, 1, 2]
+    loaded = Eagle3(tiny, checkpoint=str(trained), total_tokens=10, depth=2, top_k=3)
+    assert run(tiny, loaded, PROMPT, 24).tokens == hf_greedy(tiny.model, PROMPT, 24)
+    with pytest.raises(UserError, match="cannot be exported"):
+        Eagle3.export(loaded.net, tiny, tmp_path / "out", "vllm")
+    with pytest.raises(UserError, match="the data stores the inputs of layers 0,1,1 and the final-norm features"):
+        Eagle3.training_setup(tiny, data, layers="0,3")
 
 
 def test_training_refuses_data_without_layer_features(tmp_path):
