@@ -236,7 +236,7 @@ class Eagle3(Eagle2):
     @classmethod
     def training_setup(cls, target: Target, data=None, **loss_overrides) -> tuple[nn.Module, Eagle3Objective]:
         """The draft vocabulary is the V_d most frequent answer tokens of ``data``; the fused layers are the
-        ones the data was made with (``datagen --feature-layers eagle3``)."""
+        ones the data was made with (``datagen --feature-layers eagle3``) unless ``--loss layers`` picks others."""
         loss = Eagle3Loss(**cls.loss_config(**loss_overrides))
         stored = None
         if data is None:
