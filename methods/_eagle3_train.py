@@ -83,10 +83,9 @@ def gather_fused(batch: Batch, stored: tuple[int, ...], wanted: tuple[int, ...])
     not stored is the final-norm features ``batch.hidden`` (fused_layers allows no other)."""
     if wanted == stored:
         return batch.layers
-    width = batch.hidden.shape[-1]
-    parts = [batch.layers[..., stored.index(i) * width:(stored.index(i) + 1) * width] if i in stored
-             else batch.hidden.to(batch.layers.dtype) for i in wanted]
-    return torch.cat(parts, dim=-1)
+    columns = dict(zip(stored, batch.layers.split(batch.hidden.shape[-1], dim=-1)))
+    final = batch.hidden.to(batch.layers.dtype)
+    return torch.cat([columns.get(i, final) for i in wanted], dim=-1)
 
 
 def data_layers(data, num_layers: int) -> tuple[int, ...]:
