@@ -1,0 +1,65 @@
+"""How much of a draft's T = 0 acceptance an EAGLE-3 draft vocabulary would forbid, read from a replay.
+
+At T = 0 every committed token is vanilla's, and a step's accept length a says that the first a - 1 of the
+step's tokens were drafted and accepted (the last is the target's own). A drafter restricted to an EAGLE-3
+draft's vocabulary (its `t2d`) cannot draft a token outside it, so each step whose accepted run holds such a
+token would have ended there: about one step more per such step. Set beside the extra steps another cell
+took on the same answers, this bounds the share of a tau gap that the vocabulary explains (an estimate:
+later steps of the restricted drafter would start from other positions).
+
+Usage: python benchmarks/vocab_cuts.py RUN METHOD CHECKPOINT [--other METHOD]
+  e.g. python benchmarks/vocab_cuts.py results/smollm2-epoch2-t0 hass-replay \
+           checkpoints/smollm2-135m/second-pass/eagle3 --other eagle3-replay
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors import safe_open
+
+from harness.suite import read_jsonl
+
+
+def outside_vocab(checkpoint: Path) -> torch.Tensor:
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
+        return ~f.get_tensor("t2d").bool()
+
+
+def step_counts(rows: Iterable[dict], outside: torch.Tensor) -> tuple[int, int]:
+    """(steps, steps whose accepted draft holds a token outside the vocabulary) over every turn."""
+    steps = cut = 0
+    for row in rows:
+        choice = row["choices"][0]
+        lengths = iter(choice["accept_lengths"])
+        for ids, n_steps in zip(row["token_ids"], choice["decoding_steps"]):
+            forbidden, position = outside[torch.tensor(ids, dtype=torch.long)].tolist(), 0
+            for _ in range(n_steps):
+                accepted = next(lengths)
+                cut += any(forbidden[position:position + accepted - 1])
+                position += accepted
+            steps += n_steps
+    return steps, cut
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("method")
+    parser.add_argument("checkpoint", type=Path, help="an eagle3 draft folder (its t2d)")
+    parser.add_argument("--other", help="a cell to count extra steps against (e.g. the eagle3 draft's own)")
+    args = parser.parse_args()
+    outside = outside_vocab(args.checkpoint)
+    for path in sorted(args.run.glob(f"answers/*/{args.method}-temperature-0.jsonl")):
+        steps, cut = step_counts(read_jsonl(path), outside)
+        line = f"{path.parent.name:<14} {args.method}: {steps} steps, {cut} with an accepted token outside V_d"
+        other = path.with_name(f"{args.other}-temperature-0.jsonl") if args.other else None
+        if other is not None and other.exists():
+            line += f"; {args.other} took {step_counts(read_jsonl(other), outside)[0] - steps:+d} steps"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
