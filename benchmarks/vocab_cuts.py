@@ -28,20 +28,23 @@ def outside_vocab(checkpoint: Path) -> torch.Tensor:
         return ~f.get_tensor("t2d").bool()
 
 
-def step_counts(rows: Iterable[dict], outside: torch.Tensor) -> tuple[int, int]:
-    """(steps, steps whose accepted draft holds a token outside the vocabulary) over every turn."""
-    steps = cut = 0
+def step_counts(rows: Iterable[dict], outside: torch.Tensor) -> tuple[int, int, float]:
+    """(steps, steps whose accepted draft holds a token outside the vocabulary, share of the answers' tokens
+    outside it) over every turn."""
+    steps = cut = tokens = forbidden_tokens = 0
     for row in rows:
         choice = row["choices"][0]
         lengths = iter(choice["accept_lengths"])
         for ids, n_steps in zip(row["token_ids"], choice["decoding_steps"]):
             forbidden, position = outside[torch.tensor(ids, dtype=torch.long)].tolist(), 0
+            tokens += len(forbidden)
+            forbidden_tokens += sum(forbidden)
             for _ in range(n_steps):
                 accepted = next(lengths)
                 cut += any(forbidden[position:position + accepted - 1])
                 position += accepted
             steps += n_steps
-    return steps, cut
+    return steps, cut, forbidden_tokens / max(tokens, 1)
 
 
 def main() -> None:
@@ -53,8 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     outside = outside_vocab(args.checkpoint)
     for path in sorted(args.run.glob(f"answers/*/{args.method}-temperature-0.jsonl")):
-        steps, cut = step_counts(read_jsonl(path), outside)
-        line = f"{path.parent.name:<14} {args.method}: {steps} steps, {cut} with an accepted token outside V_d"
+        steps, cut, share = step_counts(read_jsonl(path), outside)
+        line = (f"{path.parent.name:<14} {share:.1%} of answer tokens outside V_d; {args.method}: {steps} steps, "
+                f"{cut} with an accepted token outside V_d")
         other = path.with_name(f"{args.other}-temperature-0.jsonl") if args.other else None
         if other is not None and other.exists():
             line += f"; {args.other} took {step_counts(read_jsonl(other), outside)[0] - steps:+d} steps"
