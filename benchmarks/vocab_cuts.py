@@ -4,7 +4,7 @@ At T = 0 every committed token is vanilla's, and a step's accept length a says t
 step's tokens were drafted and accepted (the last is the target's own). A drafter restricted to an EAGLE-3
 draft's vocabulary (its `t2d`) cannot draft a token outside it, so each step whose accepted run holds such a
 token would have ended there: about one step more per such step. Set beside the extra steps another cell
-took on the same answers, this bounds the share of a tau gap that the vocabulary explains (an estimate:
+took on the same answers, this estimates the share of a tau gap that the vocabulary explains (not exact:
 later steps of the restricted drafter would start from other positions).
 
 Usage: python benchmarks/vocab_cuts.py RUN METHOD CHECKPOINT [--other METHOD]
