@@ -14,18 +14,23 @@ Usage: python benchmarks/vocab_cuts.py RUN METHOD CHECKPOINT [--other METHOD]
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors import safe_open
 
 from harness.suite import read_jsonl
+from harness.target import Target
+from methods.eagle3 import Eagle3
 
 
-def outside_vocab(checkpoint: Path) -> torch.Tensor:
-    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
-        return ~f.get_tensor("t2d").bool()
+def outside_vocab(checkpoint: Path, run: Path) -> torch.Tensor:
+    """Target ids outside the draft's vocabulary, read by the method's own checkpoint reader (either layout),
+    which refuses a draft made for another target than the run's."""
+    target = Target.load(json.loads((run / "manifest.json").read_text())["settings"]["target"])
+    tensors, _ = Eagle3.read_checkpoint(checkpoint, target, ())
+    return ~tensors["t2d"].bool()
 
 
 def step_counts(rows: Iterable[dict], outside: torch.Tensor) -> tuple[int, int, float]:
@@ -54,7 +59,7 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="an eagle3 draft folder (its t2d)")
     parser.add_argument("--other", help="a cell to count extra steps against (e.g. the eagle3 draft's own)")
     args = parser.parse_args()
-    outside = outside_vocab(args.checkpoint)
+    outside = outside_vocab(args.checkpoint, args.run)
     for path in sorted(args.run.glob(f"answers/*/{args.method}-temperature-0.jsonl")):
         steps, cut, share = step_counts(read_jsonl(path), outside)
         line = (f"{path.parent.name:<14} {share:.1%} of answer tokens outside V_d; {args.method}: {steps} steps, "
