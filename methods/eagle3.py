@@ -163,6 +163,22 @@ def vocab_maps(vocab: Tensor, target_vocab: int) -> tuple[Tensor, Tensor]:
     return vocab - torch.arange(vocab.shape[0]), t2d
 
 
+def carried_head(head: Tensor, ids: Tensor, new_ids: Tensor, target_head: Tensor) -> tuple[Tensor, int]:
+    """Head rows for the draft vocabulary ``new_ids`` from a trained ``head`` over ``ids`` (target ids, row
+    order): a token both hold keeps its trained row; any other starts as the target's output row of that
+    token through the linear map that best turns the target's rows into the trained ones (least squares
+    over the shared tokens), so it scores in the space the trained rows score in. Returns (rows, shared)."""
+    row_of = {token: row for row, token in enumerate(ids.tolist())}
+    shared = [(new, row_of[token]) for new, token in enumerate(new_ids.tolist()) if token in row_of]
+    if not shared:
+        raise UserError("the --init draft's vocabulary shares no token with this run's: nothing to carry over")
+    new_rows, old_rows = (torch.tensor(rows) for rows in zip(*shared))
+    to_draft = torch.linalg.lstsq(target_head[new_ids[new_rows]], head[old_rows].float()).solution
+    rows = target_head[new_ids] @ to_draft
+    rows[new_rows] = head[old_rows].float()
+    return rows, len(shared)
+
+
 def draft_ids_of(d2t: Tensor) -> Tensor:
     """The target ids of the draft vocabulary, in draft order (inverse of ``vocab_maps``)."""
     return torch.arange(d2t.shape[0], device=d2t.device) + d2t
@@ -251,17 +267,22 @@ class Eagle3(Eagle2):
         return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss, stored)
 
     @classmethod
-    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """An EAGLE-3 draft's weights as they are, its d2t / t2d replacing the vocabulary built from the data;
-        a draft of another vocabulary size or number of fused layers is refused with the fix."""
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target) -> dict[str, Tensor]:
+        """An EAGLE-3 draft's weights as they are, its d2t / t2d replacing the vocabulary built from the data.
+        A draft over another vocabulary size keeps the run's vocabulary (``--loss draft_vocab``) and brings
+        its head rows for the tokens both hold (``carried_head``), so a trained draft can grow its
+        vocabulary; a draft fusing another number of layers is refused with the fix."""
         d2t, fc = tensors.get("d2t"), tensors.get("fc.weight")
-        if d2t is not None and d2t.shape != net.d2t.shape:
-            raise UserError(f"the --init draft has a draft vocabulary of {d2t.shape[0]} tokens, this run "
-                            f"{net.d2t.shape[0]}: pass --loss draft_vocab={d2t.shape[0]}")
         if fc is not None and fc.shape != net.fc.weight.shape:
             raise UserError(f"the --init draft fuses {fc.shape[1] // net.config.hidden_size} target layers, this "
                             f"run's data {len(net.layers)} (datagen --feature-layers)")
-        return tensors
+        if d2t is None or d2t.shape == net.d2t.shape:
+            return tensors
+        head, shared = carried_head(tensors["lm_head.weight"], draft_ids_of(d2t), net.target_ids(),
+                                    target.model.get_output_embeddings().weight.detach().float().cpu())
+        print(f"eagle3 --init: draft vocabulary {d2t.shape[0]} -> {net.draft_vocab_size} tokens; {shared} head "
+              f"rows carried over, {net.draft_vocab_size - shared} mapped from the target's output rows")
+        return {**tensors, "lm_head.weight": head, "d2t": net.d2t, "t2d": net.t2d}
 
     @classmethod
     def export(cls, net: nn.Module, target: Target, out: Path, flavor: str,

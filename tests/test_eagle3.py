@@ -260,7 +260,7 @@ def test_contract_members_are_eagle3s_own():
     assert Eagle3.accepts == Accepts()
 
 
-def test_warm_start_takes_the_drafts_vocabulary_and_refuses_other_drafts(tmp_path):
+def test_warm_start_takes_the_drafts_vocabulary_or_carries_it_into_another_and_refuses_other_drafts(tmp_path):
     from harness import checkpoint as ckpt
     from methods.eagle2 import Eagle2
 
@@ -273,9 +273,15 @@ def test_warm_start_takes_the_drafts_vocabulary_and_refuses_other_drafts(tmp_pat
     Eagle3.warm_start(net, target, released)
     for key, value in draft.state_dict().items():
         assert torch.equal(net.state_dict()[key], value.to(net.state_dict()[key].dtype)), key
-    smaller, _ = Eagle3.training_setup(target, data, draft_vocab=40)
-    with pytest.raises(UserError, match="pass --loss draft_vocab=48"):
-        Eagle3.warm_start(smaller, target, released)
+    larger, _ = Eagle3.training_setup(target, data, draft_vocab=56)  # the run's vocabulary stays, rows carried
+    run_vocab = larger.target_ids().clone()
+    Eagle3.warm_start(larger, target, released)
+    assert torch.equal(larger.target_ids(), run_vocab)
+    row_of = {token: row for row, token in enumerate(draft.target_ids().tolist())}
+    for row, token in enumerate(run_vocab.tolist()):
+        if token in row_of:
+            assert torch.equal(larger.lm_head.weight[row], draft.lm_head.weight[row_of[token]]), token
+    assert torch.equal(larger.fc.weight, draft.fc.weight)
     eagle2 = Eagle2.training_setup(target)[0]
     ckpt.save(tmp_path / "e2", eagle2.state_dict(), {"method": "eagle2", "target": target.fingerprint(),
                                                       "architecture": Eagle2.architecture(eagle2)})
@@ -479,3 +485,20 @@ def test_cli_datagen_train_export_and_run(shared_data, tiny_dir, tmp_path):
     assert main(["run", "--methods", "eagle3", "--checkpoint", f"eagle3={draft}", "--suite", "tiny-words",
                  "--target", tiny_dir, "--max-new-tokens", "16", "--out", str(tmp_path / "run"), "--warmup", "0",
                  "--limit", "2", "--opt", "eagle3.total_tokens=12", "--opt", "eagle3.top_k=3"]) == 0
+
+
+def test_carried_head_keeps_shared_rows_and_maps_new_ones_through_the_fitted_map():
+    from methods.eagle3 import carried_head
+
+    generator = torch.Generator().manual_seed(0)
+    target_head = torch.randn(64, 8, generator=generator)
+    to_draft = torch.randn(8, 8, generator=generator)
+    ids = torch.arange(0, 40)
+    head = target_head[ids] @ to_draft                      # a head exactly the target's through one map
+    new_ids = torch.arange(20, 60)
+    rows, shared = carried_head(head, ids, new_ids, target_head)
+    assert shared == 20
+    assert torch.equal(rows[:20], head[20:40])               # tokens 20..39: their trained rows
+    torch.testing.assert_close(rows[20:], target_head[40:60] @ to_draft, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match="shares no token"):
+        carried_head(head, ids, torch.arange(40, 64), target_head)
