@@ -173,9 +173,9 @@ def carried_head(head: Tensor, ids: Tensor, new_ids: Tensor, target_head: Tensor
     if not shared:
         raise UserError("the --init draft's vocabulary shares no token with this run's: nothing to carry over")
     new_rows, old_rows = (torch.tensor(rows) for rows in zip(*shared))
-    to_draft = torch.linalg.lstsq(target_head[new_ids[new_rows]], head[old_rows].float()).solution
-    rows = target_head[new_ids] @ to_draft
-    rows[new_rows] = head[old_rows].float()
+    trained = head[old_rows].float()
+    rows = target_head[new_ids] @ torch.linalg.lstsq(target_head[new_ids[new_rows]], trained).solution
+    rows[new_rows] = trained
     return rows, len(shared)
 
 
