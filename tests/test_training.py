@@ -117,6 +117,34 @@ def test_datagen_rebuilds_a_lost_folder_from_the_kept_answers_without_generating
     assert datagen.load_answers(kept / datagen.shard_name(1), meta) == datagen.answers_of(shard)
 
 
+def test_datagen_grows_a_folder_with_more_samples_and_refuses_a_count_that_changes_made_shards(training_data,
+                                                                                               tmp_path):
+    """A shard's prompts depend on its index alone, so raising --max-samples adds shards to a folder and leaves
+    the made ones as they are; a count that would refill a partial last shard or drop made ones is refused."""
+    from safetensors.torch import load_file
+    target_dir = save_tiny_target(tmp_path / "target")
+    small = datagen.DatagenConfig(target=target_dir, out=tmp_path / "grown", sources=("gsm8k",), max_samples=8,
+                                  max_new_tokens=6, batch_size=4, shard_size=4, data_dir=training_data)
+    datagen.run(small)
+    first = load_file(str(tmp_path / "grown" / datagen.shard_name(0)))
+    datagen.run(dataclasses.replace(small, max_samples=12))
+    datagen.run(dataclasses.replace(small, out=tmp_path / "at_once", max_samples=12))
+    for index in range(3):
+        grown = load_file(str(tmp_path / "grown" / datagen.shard_name(index)))
+        at_once = load_file(str(tmp_path / "at_once" / datagen.shard_name(index)))
+        assert all(torch.equal(grown[key], at_once[key]) for key in at_once), index
+    assert all(torch.equal(first[key], grown_0) for key, grown_0 in
+               load_file(str(tmp_path / "grown" / datagen.shard_name(0))).items())
+    manifest = json.loads((tmp_path / "grown" / "manifest.json").read_text())
+    assert manifest["settings"]["max_samples"] == 12 and [s["samples"] for s in manifest["shards"]] == [4, 4, 4]
+
+    with pytest.raises(UserError, match="keep --max-samples 12"):
+        datagen.run(dataclasses.replace(small, max_samples=8))      # would drop shard 2
+    datagen.run(dataclasses.replace(small, out=tmp_path / "partial", max_samples=6))
+    with pytest.raises(UserError, match="shard_00001.safetensors, which --max-samples 8 would make 4"):
+        datagen.run(dataclasses.replace(small, out=tmp_path / "partial", max_samples=8))
+
+
 def test_datagen_feature_layers_store_the_chosen_layer_inputs(shared_data, tmp_path):
     """``hidden_layers`` holds transformers' hidden_states[i] (the input of layer i) for each chosen i."""
     from safetensors.torch import load_file

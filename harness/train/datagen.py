@@ -195,8 +195,11 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     settings = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
                                       if k not in ("out", "answers")
                                       and not (k in ("feature_layers", "topk_logprobs") and not v)}))
-    if manifest and (manifest["target"] != fingerprint or manifest["settings"] != settings):
+    if manifest and (manifest["target"] != fingerprint or _fixed(manifest["settings"]) != _fixed(settings)):
         raise UserError(f"{out} holds data made with another target or settings; choose another --out")
+    if manifest:
+        _check_growth(manifest, prompts, config)
+        manifest["settings"]["max_samples"] = config.max_samples
     manifest = manifest or {"target": fingerprint, "settings": settings, "prompt_stats": prompt_stats,
                             "template": template, "shards": []}
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +221,25 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     if not manifest["shards"]:
         raise UserError("no training prompts fit --max-prompt-tokens; raise it or add sources")
     return out
+
+
+def _fixed(settings: dict) -> dict:
+    """The settings a folder's shards depend on: all but ``max_samples``, which only says how many shards
+    there are (a shard's prompts depend on its index alone), so a folder can be grown or resumed with more."""
+    return {k: v for k, v in settings.items() if k != "max_samples"}
+
+
+def _check_growth(manifest: dict, prompts: int, config: DatagenConfig) -> None:
+    """Refuse a ``max_samples`` under which a shard already made would hold other samples (fewer, or a
+    last shard that was partial and would now be filled)."""
+    for shard in manifest["shards"]:
+        index = int(shard["file"].removeprefix("shard_").removesuffix(".safetensors"))
+        expected = max(0, min(config.shard_size, prompts - index * config.shard_size))
+        if shard["samples"] != expected:
+            made = sum(s["samples"] for s in manifest["shards"])
+            raise UserError(f"{config.out} holds {shard['samples']} samples in {shard['file']}, which "
+                            f"--max-samples {config.max_samples} would make {expected}: keep --max-samples "
+                            f"{manifest['settings']['max_samples']} (the folder has {made}), or choose another --out")
 
 
 def _keep_answers_of_made_shards(config: DatagenConfig, maker: ShardMaker) -> None:
