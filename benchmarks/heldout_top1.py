@@ -41,7 +41,7 @@ def main() -> None:
     torch.manual_seed(config.seed)
     net, objective = method.training_setup(target, data, **dict(_key_value(pair) for pair in args.loss))
     method.warm_start(net, target, args.checkpoint)
-    _, held_out = data.split(config.holdout, config.seed, config.holdout_from)
+    _, held_out = data.split(config.holdout, config.seed, config.holdout_from, config.holdout_of)
     started = time.perf_counter()
     result = trainer._evaluate(objective, net, data, held_out, config, target.device)
     print(json.dumps({"checkpoint": str(args.checkpoint), "held_out_samples": len(held_out),

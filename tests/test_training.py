@@ -259,3 +259,19 @@ def test_holdout_from_draws_the_held_out_samples_past_a_prefix_and_keeps_the_old
     assert not set(train) & set(held_out)
     with pytest.raises(UserError, match="holds 12 samples"):
         data.split(0.25, seed=0, holdout_from=12)
+
+
+def test_holdout_of_keeps_a_grown_folders_split_and_trains_on_the_new_samples(tmp_path):
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    grown = feature_data(tiny_target("llama"), tmp_path / "data")
+    prefix = FeatureData(tmp_path / "data", max_samples=8)     # the folder as it was before it grew
+    old_train, old_held_out = prefix.split(0.25, seed=0, holdout_from=2)
+    train, held_out = grown.split(0.25, seed=0, holdout_from=2, holdout_of=8)
+    assert held_out == old_held_out and train == old_train + list(range(8, len(grown.samples)))
+    assert grown.split(0.25, seed=0, holdout_of=len(grown.samples)) == grown.split(0.25, seed=0)
+    with pytest.raises(UserError, match="holdout_of=13: .* holds 12 samples"):
+        grown.split(0.25, seed=0, holdout_of=13)
+    with pytest.raises(UserError, match="holdout_from=8: the split is drawn from 8 samples"):
+        grown.split(0.25, seed=0, holdout_from=8, holdout_of=8)

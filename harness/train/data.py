@@ -83,17 +83,24 @@ class FeatureData:
     def tokens(self, indices: list[int]) -> int:
         return sum(int(self.samples[i][1].sum()) for i in indices)
 
-    def split(self, holdout: float, seed: int, holdout_from: int = 0) -> tuple[list[int], list[int]]:
+    def split(self, holdout: float, seed: int, holdout_from: int = 0,
+              holdout_of: int | None = None) -> tuple[list[int], list[int]]:
         """(train, held-out) sample indices: a seeded ``holdout`` share of the samples, drawn among those from
-        index ``holdout_from`` on (samples an ``--init`` draft never trained on, when it trained on a prefix)."""
-        if not 0 <= holdout_from < len(self.samples):
-            raise UserError(f"holdout_from={holdout_from}: {self.directory} holds {len(self.samples)} samples")
-        order = list(range(len(self.samples)))
+        index ``holdout_from`` on (samples an ``--init`` draft never trained on, when it trained on a prefix).
+        ``holdout_of`` N draws them as the folder's first N samples alone would, and trains on every sample
+        past N too: a folder grown by datagen keeps the held-out set its earlier drafts were measured on."""
+        pool = len(self.samples) if holdout_of is None else holdout_of
+        if not 0 < pool <= len(self.samples):
+            raise UserError(f"holdout_of={holdout_of}: {self.directory} holds {len(self.samples)} samples")
+        if not 0 <= holdout_from < pool:
+            raise UserError(f"holdout_from={holdout_from}: the split is drawn from {pool} samples "
+                            f"({self.directory} holds {len(self.samples)} samples)")
+        order = list(range(pool))
         random.Random(seed).shuffle(order)
         count = max(1, int(round(holdout * len(order)))) if len(order) > 1 else 0
         held_out = [i for i in order if i >= holdout_from][:count]
         chosen = set(held_out)
-        return [i for i in order if i not in chosen], held_out
+        return [i for i in order if i not in chosen] + list(range(pool, len(self.samples))), held_out
 
     def batches(self, indices: list[int], batch_size: int, rng: random.Random | None, device) -> Iterator[Batch]:
         """Batches of similar lengths (less padding); shuffled when rng is given."""

@@ -53,6 +53,8 @@ class TrainConfig:
     patience: int | None = None          # stop after this many evaluations without a new best top1_depth1
     holdout_from: int = 0                # draw the held-out samples from this sample index on: past the prefix
                                          # an --init draft trained on, so its held-out top-1 is not inflated
+    holdout_of: int | None = None        # draw the held-out samples as the first N samples alone would (a grown
+                                         # data folder keeps the split earlier drafts were measured on)
 
 
 PRESETS = {
@@ -77,7 +79,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
     net = net.to(target.device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-    train_ids, held_out = data.split(config.holdout, config.seed, config.holdout_from)
+    train_ids, held_out = data.split(config.holdout, config.seed, config.holdout_from, config.holdout_of)
     steps_per_epoch = -(-len(train_ids) // config.batch_size)
     total_steps = max(1, min(steps_per_epoch * config.epochs, config.max_steps or steps_per_epoch * config.epochs))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
