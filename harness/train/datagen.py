@@ -204,8 +204,9 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
                             "template": template, "shards": []}
     out.mkdir(parents=True, exist_ok=True)
     done = {shard["file"] for shard in manifest["shards"]}
-    todo = [index for index in range(-(-prompts // config.shard_size)) if shard_name(index) not in done]
-    left = sum(min(config.shard_size, prompts - i * config.shard_size) for i in todo)
+    sizes = _shard_sizes(prompts, config.shard_size)
+    todo = [index for index in range(len(sizes)) if shard_name(index) not in done]
+    left = sum(sizes[i] for i in todo)
     bar = tqdm(total=prompts, initial=prompts - left, desc="datagen", unit="sample")
     for tensors, entry in make(todo, bar):
         save_answers(config.answers_dir / entry["file"], answers_of(tensors), entry.pop("answer_meta"))
@@ -223,6 +224,11 @@ def _write(config: DatagenConfig, fingerprint: dict, prompt_stats: dict, templat
     return out
 
 
+def _shard_sizes(prompts: int, shard_size: int) -> list[int]:
+    """How many samples each shard holds when the folder has ``prompts`` of them (the last may be partial)."""
+    return [min(shard_size, prompts - start) for start in range(0, prompts, shard_size)]
+
+
 def _fixed(settings: dict) -> dict:
     """The settings a folder's shards depend on: all but ``max_samples``, which only says how many shards
     there are (a shard's prompts depend on its index alone), so a folder can be grown or resumed with more."""
@@ -232,9 +238,9 @@ def _fixed(settings: dict) -> dict:
 def _check_growth(manifest: dict, prompts: int, config: DatagenConfig) -> None:
     """Refuse a ``max_samples`` under which a shard already made would hold other samples (fewer, or a
     last shard that was partial and would now be filled)."""
+    expected_of = {shard_name(index): size for index, size in enumerate(_shard_sizes(prompts, config.shard_size))}
     for shard in manifest["shards"]:
-        index = int(shard["file"].removeprefix("shard_").removesuffix(".safetensors"))
-        expected = max(0, min(config.shard_size, prompts - index * config.shard_size))
+        expected = expected_of.get(shard["file"], 0)
         if shard["samples"] != expected:
             made = sum(s["samples"] for s in manifest["shards"])
             raise UserError(f"{config.out} holds {shard['samples']} samples in {shard['file']}, which "
