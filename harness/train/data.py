@@ -53,7 +53,8 @@ class FeatureData:
         directory = Path(directory)
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
-            raise UserError(f"{directory} is not a datagen folder (no manifest.json); run python -m harness datagen")
+            raise UserError(f"{directory} is not a datagen folder (no manifest.json); run python -m harness datagen "
+                            "(with --answers DIR, committed answers are rebuilt without generating: docs/training.md)")
         self.directory = directory
         self.manifest = json.loads(manifest_path.read_text())
         self.samples: list[Sample] = []
