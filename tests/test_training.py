@@ -275,3 +275,9 @@ def test_holdout_of_keeps_a_grown_folders_split_and_trains_on_the_new_samples(tm
         grown.split(0.25, seed=0, holdout_of=13)
     with pytest.raises(UserError, match="holdout_from=8: the split is drawn from 8 samples"):
         grown.split(0.25, seed=0, holdout_from=8, holdout_of=8)
+
+
+def test_missing_data_folder_says_how_to_rebuild(tmp_path):
+    """A fresh machine has no data/ folder: the message must name the rebuild from committed answers."""
+    with pytest.raises(UserError, match="--answers"):
+        FeatureData(tmp_path / "datagen-missing")
