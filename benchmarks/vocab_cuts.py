@@ -8,8 +8,11 @@ took on the same answers, this estimates the share of a tau gap that the vocabul
 later steps of the restricted drafter would start from other positions).
 
 Usage: python benchmarks/vocab_cuts.py RUN METHOD CHECKPOINT [--other METHOD]
+       python benchmarks/vocab_cuts.py RUN METHOD --vocab-size N --data DATAGEN_DIR [--max-samples N]
   e.g. python benchmarks/vocab_cuts.py results/smollm2-epoch2-t0 hass-replay \
            checkpoints/smollm2-135m/second-pass/eagle3 --other eagle3-replay
+The second form asks what a vocabulary of N tokens would forbid, built as `harness train --method eagle3`
+builds it (the N most frequent answer tokens of the datagen folder), before training a draft over it.
 """
 from __future__ import annotations
 
@@ -20,8 +23,12 @@ from typing import Iterable
 
 import torch
 
+from safetensors import safe_open
+
 from harness.suite import read_jsonl
 from harness.target import Target
+from harness.train.data import SHARD_KEYS
+from methods._eagle3_train import draft_vocabulary
 from methods.eagle3 import Eagle3
 
 
@@ -31,6 +38,28 @@ def outside_vocab(checkpoint: Path, run: Path) -> torch.Tensor:
     target = Target.load(json.loads((run / "manifest.json").read_text())["settings"]["target"])
     tensors, _ = Eagle3.read_checkpoint(checkpoint, target, ())
     return ~tensors["t2d"].bool()
+
+
+class AnswerTokens:
+    """A datagen folder's (ids, loss mask) per sample, read without its features (which draft_vocabulary
+    does not need, and which run to gigabytes)."""
+
+    def __init__(self, directory: Path, max_samples: int | None) -> None:
+        self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for shard in json.loads((directory / "manifest.json").read_text())["shards"]:
+            with safe_open(str(directory / shard["file"]), "pt") as tensors:
+                ids, mask = (tensors.get_tensor(SHARD_KEYS[key]) for key in ("ids", "loss_mask"))
+                offsets = tensors.get_tensor("offsets").tolist()
+            self.samples += [(ids[a:b].long(), mask[a:b].bool()) for a, b in zip(offsets, offsets[1:])]
+        self.samples = self.samples[:max_samples]
+
+
+def outside_top(data: Path, size: int, max_samples: int | None, run: Path) -> torch.Tensor:
+    """Target ids outside the ``size`` most frequent answer tokens of a datagen folder."""
+    vocab_size = Target.load(json.loads((run / "manifest.json").read_text())["settings"]["target"]).vocab_size
+    outside = torch.ones(vocab_size, dtype=torch.bool)
+    outside[draft_vocabulary(AnswerTokens(data, max_samples), size, vocab_size)] = False
+    return outside
 
 
 def step_counts(rows: Iterable[dict], outside: torch.Tensor) -> tuple[int, int, float]:
@@ -56,10 +85,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("method")
-    parser.add_argument("checkpoint", type=Path, help="an eagle3 draft folder (its t2d)")
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="an eagle3 draft folder (its t2d)")
+    parser.add_argument("--vocab-size", type=int, help="instead of a checkpoint: the N most frequent tokens of --data")
+    parser.add_argument("--data", type=Path, help="the datagen folder --vocab-size counts tokens in")
+    parser.add_argument("--max-samples", type=int, help="only its first N samples (train's max_samples)")
     parser.add_argument("--other", help="a cell to count extra steps against (e.g. the eagle3 draft's own)")
     args = parser.parse_args()
-    outside = outside_vocab(args.checkpoint, args.run)
+    if (args.checkpoint is None) == (args.vocab_size is None) or (args.vocab_size is None) != (args.data is None):
+        parser.error("give either CHECKPOINT or both --vocab-size and --data")
+    outside = (outside_vocab(args.checkpoint, args.run) if args.checkpoint is not None
+               else outside_top(args.data, args.vocab_size, args.max_samples, args.run))
     for path in sorted(args.run.glob(f"answers/*/{args.method}-temperature-0.jsonl")):
         steps, cut, share = step_counts(read_jsonl(path), outside)
         line = (f"{path.parent.name:<14} {share:.1%} of answer tokens outside V_d; {args.method}: {steps} steps, "

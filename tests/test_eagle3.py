@@ -185,6 +185,24 @@ def test_draft_vocabulary_keeps_the_most_frequent_answer_tokens():
     assert draft_vocabulary(Data, 7, 16).tolist() == [0, 1, 2, 5, 7, 9, 11]   # padded with unused low ids
 
 
+def test_vocab_cuts_ranks_a_folder_as_training_does_and_counts_steps_cut_by_the_vocabulary(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("vocab_cuts", Path(__file__).parents[1] / "benchmarks/vocab_cuts.py")
+    vocab_cuts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vocab_cuts)
+    target = tiny_target("llama")
+    data = layer_data(target, tmp_path / "data")
+    tokens = vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=None)   # ids and masks, no features
+    assert draft_vocabulary(tokens, 20, 96).tolist() == draft_vocabulary(data, 20, 96).tolist()
+    assert len(vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=5).samples) == 5
+    outside = torch.zeros(96, dtype=torch.bool)
+    outside[7] = True
+    # one turn of 8 tokens in 3 steps accepting 3, 4, 1: drafts [0:2], [3:6], none; token 7 sits at index 4
+    row = {"token_ids": [[1, 2, 3, 4, 7, 5, 6, 7]], "choices": [{"accept_lengths": [3, 4, 1], "decoding_steps": [3]}]}
+    assert vocab_cuts.step_counts([row], outside) == (3, 1, 2 / 8)
+
+
 def expected_keys(target, vocab_size: int) -> dict[str, tuple]:
     """The released EAGLE-3 layout (SafeAILab/EAGLE cnets.py Model; vLLM / SGLang llama_eagle3.py) for a target."""
     c, hidden = target.config, target.hidden_size
