@@ -38,6 +38,7 @@ NO_LAYERS = ("eagle3 trains on the target's low/mid/high layer features, which {
 
 
 HEAD_INITS = ("random", "target")
+VOCAB_SOURCES = ("init", "data")
 DEFAULT_DRAFT_VOCAB = 8192   # of SmolLM2's 49,152 ids: docs/methods.md "Draft vocabulary size"
 
 
@@ -53,10 +54,14 @@ class Eagle3Loss:
     layers: str = ""              # the layer inputs to fuse, e.g. "2,15,30": "" = the data's (--feature-layers);
                                   # each one the data stores, or N (the target's layer count) for the final-norm
                                   # features every datagen folder holds (not EAGLE-3's choice; see fused_layers)
+    vocab: str = "init"           # with --init at the same V_d: "init" keeps that draft's vocabulary; "data" ranks
+                                  # this run's data and carries the draft's rows for the tokens both hold
 
     def __post_init__(self) -> None:
         if self.head_init not in HEAD_INITS:
             raise UserError(f"head_init={self.head_init!r}: choose one of {', '.join(HEAD_INITS)}")
+        if self.vocab not in VOCAB_SOURCES:
+            raise UserError(f"vocab={self.vocab!r}: choose one of {', '.join(VOCAB_SOURCES)}")
 
 
 def fused_layers(spec: str | int, stored: tuple[int, ...], num_layers: int) -> tuple[int, ...]:

@@ -287,6 +287,7 @@ def test_warm_start_takes_the_drafts_vocabulary_or_carries_it_into_another_and_r
     draft = Eagle3.load_net(target, "random")                       # a random vocabulary of 48 ids
     released = Eagle3.export(draft, target, tmp_path / "released", "eagle", dtype=torch.float32)
     net, _ = Eagle3.training_setup(target, data, draft_vocab=48)    # the data's 48 most frequent ids
+    net_vocab = net.target_ids().clone()
     assert not torch.equal(net.d2t, draft.d2t)
     Eagle3.warm_start(net, target, released)
     for key, value in draft.state_dict().items():
@@ -300,6 +301,14 @@ def test_warm_start_takes_the_drafts_vocabulary_or_carries_it_into_another_and_r
         if token in row_of:
             assert torch.equal(larger.lm_head.weight[row], draft.lm_head.weight[row_of[token]]), token
     assert torch.equal(larger.fc.weight, draft.fc.weight)
+    reranked, _ = Eagle3.training_setup(target, data, draft_vocab=48, vocab="data")  # same size, the data's ranking
+    Eagle3.warm_start(reranked, target, released)
+    assert torch.equal(reranked.target_ids(), net_vocab) and not torch.equal(reranked.d2t, draft.d2t)
+    for row, token in enumerate(net_vocab.tolist()):
+        if token in row_of:
+            assert torch.equal(reranked.lm_head.weight[row], draft.lm_head.weight[row_of[token]]), token
+    with pytest.raises(UserError, match="vocab='target': choose one of init, data"):
+        Eagle3.training_setup(target, data, vocab="target")
     eagle2 = Eagle2.training_setup(target)[0]
     ckpt.save(tmp_path / "e2", eagle2.state_dict(), {"method": "eagle2", "target": target.fingerprint(),
                                                       "architecture": Eagle2.architecture(eagle2)})
@@ -344,7 +353,7 @@ def test_short_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_pat
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == {"draft_vocab_size": 40, "feature_layers": list(eagle3_layers(2))}
     assert config["loss"] == {"steps": 3, "step_weight": 0.8, "draft_vocab": 40, "ce_sample": 0, "head_init": "random",
-                              "layers": ""}
+                              "layers": "", "vocab": "init"}
     evals = list(csv.DictReader(open(out / "eval_log.csv")))
     assert {"top1_depth1", "top1_depth3"} <= set(evals[-1])
     drafter = Eagle3(target, checkpoint=str(out), total_tokens=10, depth=2, top_k=3)
