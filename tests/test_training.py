@@ -201,6 +201,21 @@ def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):
     assert training["steps"] == 4 and training["stopped_early"] and training["epochs_done"] == 2
 
 
+def test_the_checkpoint_records_the_environment_the_run_started_in(tmp_path, monkeypatch):
+    """A commit made while a long run trains is not the code that ran: the env is read once, at the start."""
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    calls = iter(range(100))
+    monkeypatch.setattr(trainer.env, "capture", lambda: {"harness_commit": f"commit {next(calls)}"})
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")
+    settings = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=1)
+    out = trainer.train(Eagle2, target, data, tmp_path / "draft", settings)
+    for where in (out, out / "epoch_1"):
+        assert json.loads((where / "config.json").read_text())["training"]["env"] == {"harness_commit": "commit 0"}
+
+
 def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_ends_as_an_uninterrupted_one(tmp_path):
     """eval_every checkpoints inside an epoch; a budget stop after the first step and a rerun give the same
     weights as one run (batch order and random state restored: EAGLE's feature noise and ce_sample draw)."""

@@ -71,6 +71,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
     ckpt.check_fingerprint(data.fingerprint, target.fingerprint(), data.directory)
     group = distributed.start()
     main = group is None or group.main
+    run_env = env.capture()   # now, not at save time: a commit made during a long run is not the code that ran
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     net, objective = method_cls.training_setup(target, data, **(loss_options or {}))
@@ -118,7 +119,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
                 logger.eval(state["evals"][-1])
                 print(f"step {state['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
             if where is not None:
-                _save(method_cls, net, target, where, data, config, loss_options, {**state, "init": init})
+                _save(method_cls, net, target, where, data, config, loss_options, {**state, "init": init}, run_env)
             torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "state": state, "rng": torch.get_rng_state(),
                         "py_rng": random.getstate()}, state_path)
@@ -174,7 +175,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
         print(f"stopped ({halt}) after {state['step']} steps, {state['seconds']:.0f} s")
     if main:
         _save(method_cls, net, target, out, data, config, loss_options,
-              {**state, "stopped_early": stopped_early, "stopped_by": halt, "init": init})
+              {**state, "stopped_early": stopped_early, "stopped_by": halt, "init": init}, run_env)
     logger.close()
     return out
 
@@ -212,7 +213,7 @@ def _evaluate(objective: Objective, net: torch.nn.Module, data: FeatureData, hel
 
 
 def _save(method_cls: type[LearnedDrafter], net: torch.nn.Module, target: Target, where: Path, data: FeatureData, config: TrainConfig,
-          loss_options: dict | None, state: dict) -> None:
+          loss_options: dict | None, state: dict, run_env: dict) -> None:
     manifest = {
         "method": method_cls.name, "target": target.fingerprint(),
         "architecture": method_cls.architecture(net), "loss": method_cls.loss_config(**(loss_options or {})),
@@ -222,7 +223,7 @@ def _save(method_cls: type[LearnedDrafter], net: torch.nn.Module, target: Target
                      "seconds": round(state["seconds"], 1), "stopped_early": state.get("stopped_early", False),
                      "stopped_by": state.get("stopped_by"),
                      "init": str(state["init"]) if state.get("init") else None,
-                     "evals": state["evals"], "env": env.capture()},
+                     "evals": state["evals"], "env": run_env},
     }
     ckpt.save(where, {k: v for k, v in net.state_dict().items()}, manifest)
 
