@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-
 from safetensors import safe_open
 
 from harness.suite import read_jsonl
