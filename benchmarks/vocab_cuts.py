@@ -27,6 +27,7 @@ from safetensors import safe_open
 from harness.suite import read_jsonl
 from harness.target import Target
 from harness.train.data import SHARD_KEYS
+from harness.train.trainer import PRESETS
 from methods._eagle3_train import draft_vocabulary
 from methods.eagle3 import Eagle3
 
@@ -41,23 +42,24 @@ def outside_vocab(checkpoint: Path, run: Path) -> torch.Tensor:
 
 class AnswerTokens:
     """A datagen folder's (ids, loss mask) per sample, read without its features (which draft_vocabulary
-    does not need, and which run to gigabytes)."""
+    does not need, and which run to gigabytes), each cut to ``max_len`` tokens as FeatureData cuts it."""
 
-    def __init__(self, directory: Path, max_samples: int | None) -> None:
+    def __init__(self, directory: Path, max_samples: int | None, max_len: int) -> None:
         self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
         for shard in json.loads((directory / "manifest.json").read_text())["shards"]:
             with safe_open(str(directory / shard["file"]), "pt") as tensors:
                 ids, mask = (tensors.get_tensor(SHARD_KEYS[key]) for key in ("ids", "loss_mask"))
                 offsets = tensors.get_tensor("offsets").tolist()
-            self.samples += [(ids[a:b].long(), mask[a:b].bool()) for a, b in zip(offsets, offsets[1:])]
+            self.samples += [(ids[a:min(b, a + max_len)].long(), mask[a:min(b, a + max_len)].bool())
+                             for a, b in zip(offsets, offsets[1:])]
         self.samples = self.samples[:max_samples]
 
 
-def outside_top(data: Path, size: int, max_samples: int | None, run: Path) -> torch.Tensor:
+def outside_top(data: Path, size: int, max_samples: int | None, max_len: int, run: Path) -> torch.Tensor:
     """Target ids outside the ``size`` most frequent answer tokens of a datagen folder."""
     vocab_size = Target.load(json.loads((run / "manifest.json").read_text())["settings"]["target"]).vocab_size
     outside = torch.ones(vocab_size, dtype=torch.bool)
-    outside[draft_vocabulary(AnswerTokens(data, max_samples), size, vocab_size)] = False
+    outside[draft_vocabulary(AnswerTokens(data, max_samples, max_len), size, vocab_size)] = False
     return outside
 
 
@@ -88,12 +90,14 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, help="instead of a checkpoint: the N most frequent tokens of --data")
     parser.add_argument("--data", type=Path, help="the datagen folder --vocab-size counts tokens in")
     parser.add_argument("--max-samples", type=int, help="only its first N samples (train's max_samples)")
+    parser.add_argument("--max-len", type=int, default=PRESETS["cpu"].max_len,
+                        help="tokens kept per sample (train's max_len; default: the cpu preset's)")
     parser.add_argument("--other", help="a cell to count extra steps against (e.g. the eagle3 draft's own)")
     args = parser.parse_args()
     if (args.checkpoint is None) == (args.vocab_size is None) or (args.vocab_size is None) != (args.data is None):
         parser.error("give either CHECKPOINT or both --vocab-size and --data")
     outside = (outside_vocab(args.checkpoint, args.run) if args.checkpoint is not None
-               else outside_top(args.data, args.vocab_size, args.max_samples, args.run))
+               else outside_top(args.data, args.vocab_size, args.max_samples, args.max_len, args.run))
     for path in sorted(args.run.glob(f"answers/*/{args.method}-temperature-0.jsonl")):
         steps, cut, share = step_counts(read_jsonl(path), outside)
         line = (f"{path.parent.name:<14} {share:.1%} of answer tokens outside V_d; {args.method}: {steps} steps, "

@@ -193,9 +193,13 @@ def test_vocab_cuts_ranks_a_folder_as_training_does_and_counts_steps_cut_by_the_
     spec.loader.exec_module(vocab_cuts)
     target = tiny_target("llama")
     data = layer_data(target, tmp_path / "data")
-    tokens = vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=None)   # ids and masks, no features
+    tokens = vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=None, max_len=1024)   # ids and masks only
     assert draft_vocabulary(tokens, 20, 96).tolist() == draft_vocabulary(data, 20, 96).tolist()
-    assert len(vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=5).samples) == 5
+    cut = vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=None, max_len=10)
+    short = FeatureData(tmp_path / "data", max_len=10)
+    assert [len(ids) for ids, _ in cut.samples] == [len(sample.ids) for sample in short.samples] == [10] * 12
+    assert draft_vocabulary(cut, 20, 96).tolist() == draft_vocabulary(short, 20, 96).tolist()
+    assert len(vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=5, max_len=1024).samples) == 5
     outside = torch.zeros(96, dtype=torch.bool)
     outside[7] = True
     # one turn of 8 tokens in 3 steps accepting 3, 4, 1: drafts [0:2], [3:6], none; token 7 sits at index 4
