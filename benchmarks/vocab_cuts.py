@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors import safe_open
 
 from harness.suite import read_jsonl
 from harness.target import Target
-from harness.train.data import SHARD_KEYS
+from harness.train.data import FeatureData
 from harness.train.trainer import PRESETS
 from methods._eagle3_train import draft_vocabulary
 from methods.eagle3 import Eagle3
@@ -40,26 +39,12 @@ def outside_vocab(checkpoint: Path, run: Path) -> torch.Tensor:
     return ~tensors["t2d"].bool()
 
 
-class AnswerTokens:
-    """A datagen folder's (ids, loss mask) per sample, read without its features (which draft_vocabulary
-    does not need, and which run to gigabytes), each cut to ``max_len`` tokens as FeatureData cuts it."""
-
-    def __init__(self, directory: Path, max_samples: int | None, max_len: int) -> None:
-        self.samples: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for shard in json.loads((directory / "manifest.json").read_text())["shards"]:
-            with safe_open(str(directory / shard["file"]), "pt") as tensors:
-                ids, mask = (tensors.get_tensor(SHARD_KEYS[key]) for key in ("ids", "loss_mask"))
-                offsets = tensors.get_tensor("offsets").tolist()
-            self.samples += [(ids[a:min(b, a + max_len)].long(), mask[a:min(b, a + max_len)].bool())
-                             for a, b in zip(offsets, offsets[1:])]
-        self.samples = self.samples[:max_samples]
-
-
 def outside_top(data: Path, size: int, max_samples: int | None, max_len: int, run: Path) -> torch.Tensor:
     """Target ids outside the ``size`` most frequent answer tokens of a datagen folder."""
+    answers = FeatureData(data, max_len, max_samples, fields=("ids", "loss_mask"))   # not the features
     vocab_size = Target.load(json.loads((run / "manifest.json").read_text())["settings"]["target"]).vocab_size
     outside = torch.ones(vocab_size, dtype=torch.bool)
-    outside[draft_vocabulary(AnswerTokens(data, max_samples, max_len), size, vocab_size)] = False
+    outside[draft_vocabulary(answers, size, vocab_size)] = False
     return outside
 
 

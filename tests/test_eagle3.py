@@ -193,13 +193,14 @@ def test_vocab_cuts_ranks_a_folder_as_training_does_and_counts_steps_cut_by_the_
     spec.loader.exec_module(vocab_cuts)
     target = tiny_target("llama")
     data = layer_data(target, tmp_path / "data")
-    tokens = vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=None, max_len=1024)   # ids and masks only
+    tokens = FeatureData(tmp_path / "data", fields=("ids", "loss_mask"))   # what outside_top ranks
+    assert all(s.hidden is None and s.layers is None for s in tokens.samples)
     assert draft_vocabulary(tokens, 20, 96).tolist() == draft_vocabulary(data, 20, 96).tolist()
-    cut = vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=None, max_len=10)
-    short = FeatureData(tmp_path / "data", max_len=10)
-    assert [len(ids) for ids, _ in cut.samples] == [len(sample.ids) for sample in short.samples] == [10] * 12
-    assert draft_vocabulary(cut, 20, 96).tolist() == draft_vocabulary(short, 20, 96).tolist()
-    assert len(vocab_cuts.AnswerTokens(tmp_path / "data", max_samples=5, max_len=1024).samples) == 5
+    short = FeatureData(tmp_path / "data", max_len=10, fields=("ids", "loss_mask"))
+    assert [len(sample.ids) for sample in short.samples] == [10] * 12
+    assert len(FeatureData(tmp_path / "data", max_samples=5, fields=("ids", "loss_mask")).samples) == 5
+    with pytest.raises(ValueError, match="loss_mask"):
+        FeatureData(tmp_path / "data", fields=("ids",))
     outside = torch.zeros(96, dtype=torch.bool)
     outside[7] = True
     # one turn of 8 tokens in 3 steps accepting 3, 4, 1: drafts [0:2], [3:6], none; token 7 sits at index 4

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import Tensor
 
 from harness.errors import UserError
@@ -48,8 +48,14 @@ class Batch:
 
 
 class FeatureData:
-    def __init__(self, directory: str | Path, max_len: int = 1024, max_samples: int | None = None) -> None:
-        """``max_samples``: only the first N samples in shard order (a fixed subset of a larger folder)."""
+    def __init__(self, directory: str | Path, max_len: int = 1024, max_samples: int | None = None,
+                 fields: tuple[str, ...] = Sample._fields) -> None:
+        """``max_samples``: only the first N samples in shard order (a fixed subset of a larger folder).
+        ``fields``: the Sample fields to read (the rest are None); ids and loss_mask alone skip the features,
+        which run to gigabytes, for tools that only count tokens."""
+        unknown = set(fields) - set(Sample._fields)
+        if unknown or not {"ids", "loss_mask"} <= set(fields):
+            raise ValueError(f"fields={fields}: need ids and loss_mask, and only names among {Sample._fields}")
         directory = Path(directory)
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
@@ -61,9 +67,11 @@ class FeatureData:
         for shard in self.manifest["shards"]:
             if max_samples is not None and len(self.samples) >= max_samples:
                 break
-            tensors = load_file(str(directory / shard["file"]))
-            offsets = tensors["offsets"].tolist()
-            columns = [tensors.get(key) for key in SHARD_KEYS.values()]
+            with safe_open(str(directory / shard["file"]), "pt") as tensors:
+                stored = set(tensors.keys())
+                columns = [tensors.get_tensor(SHARD_KEYS[field]) if field in fields and SHARD_KEYS[field] in stored
+                           else None for field in Sample._fields]
+                offsets = tensors.get_tensor("offsets").tolist()
             for start, end in zip(offsets, offsets[1:]):
                 part = slice(start, min(end, start + max_len))
                 sample = Sample(*(None if column is None else column[part] for column in columns))
