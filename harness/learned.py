@@ -136,19 +136,22 @@ class LearnedDrafter(Drafter):
         depends on it (a vocabulary layout from its token counts, the feature fields it must hold)."""
 
     @classmethod
-    def warm_start(cls, net: nn.Module, target: Target, init: Path) -> None:
+    def warm_start(cls, net: nn.Module, target: Target, init: Path, **loss_overrides: Any) -> None:
         """Load ``init`` (a checkpoint of this method or of one in ``accepts.warm_start``) into ``net`` before
-        training; parts the checkpoint lacks must be among ``fresh_keys``."""
+        training; parts the checkpoint lacks must be among ``fresh_keys``. ``loss_overrides`` are the run's
+        ``--loss`` options, for a mapping that depends on them."""
         tensors, _ = cls.read_checkpoint(Path(init), target, cls.accepts.warm_start)
-        state = cls.adapt_warm_start(net, {k: v.float() for k, v in tensors.items()}, target)
+        state = cls.adapt_warm_start(net, {k: v.float() for k, v in tensors.items()}, target,
+                                     cls.loss_config(**loss_overrides))
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or set(missing) - set(cls.fresh_keys(net)):
             raise UserError(f"{init} cannot start {cls.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
     @classmethod
-    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target) -> dict[str, Tensor]:
-        """Map a warm start's weights onto this network (``target`` for what the draft copies from it); the same
-        network needs no mapping."""
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target,
+                         loss: dict) -> dict[str, Tensor]:
+        """Map a warm start's weights onto this network (``target`` for what the draft copies from it, ``loss``
+        the run's loss options); the same network needs no mapping."""
         return tensors
 
     @classmethod

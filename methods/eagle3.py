@@ -115,7 +115,6 @@ class Eagle3Net(nn.Module):
         d2t, t2d = vocab_maps(vocab, target_vocab)
         self.register_buffer("d2t", d2t)
         self.register_buffer("t2d", t2d)
-        self.keeps_init_vocab = True   # a same-size --init draft brings its own vocabulary (--loss vocab=data: not)
 
     @property
     def draft_vocab_size(self) -> int:
@@ -263,13 +262,13 @@ class Eagle3(Eagle2):
             stored = data_layers(data, target.config.num_hidden_layers)
             layers = fused_layers(loss.layers, stored, target.config.num_hidden_layers)
             net = cls.net_class(target.model, draft_vocabulary(data, loss.draft_vocab, target.vocab_size), layers)
-            net.keeps_init_vocab = loss.vocab == "init"
         if loss.head_init == "target":
             net.start_head_from(target.model)
         return net.to(device=target.device, dtype=torch.float32), cls.objective_class(target, loss, stored)
 
     @classmethod
-    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target) -> dict[str, Tensor]:
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target,
+                         loss: dict) -> dict[str, Tensor]:
         """An EAGLE-3 draft's weights as they are, its d2t / t2d replacing the vocabulary built from the data.
         A draft over another vocabulary size, or any with ``--loss vocab=data``, keeps the run's vocabulary
         and brings its head rows for the tokens both hold (``carried_head``), so a trained draft can grow or
@@ -278,7 +277,7 @@ class Eagle3(Eagle2):
         if fc is not None and fc.shape != net.fc.weight.shape:
             raise UserError(f"the --init draft fuses {fc.shape[1] // net.config.hidden_size} target layers, this "
                             f"run's data {len(net.layers)} (datagen --feature-layers)")
-        if d2t is None or (d2t.shape == net.d2t.shape and net.keeps_init_vocab):
+        if d2t is None or (d2t.shape == net.d2t.shape and loss["vocab"] == "init"):
             return tensors
         head, shared = carried_head(tensors["lm_head.weight"], draft_ids_of(d2t), net.target_ids(),
                                     target.model.get_output_embeddings().weight.detach().float().cpu())

@@ -120,7 +120,8 @@ class Fspad(Eagle2):
                 "feature_sampling": net.feature_sampling, "partial_alignment": net.partial_alignment}
 
     @classmethod
-    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target) -> dict[str, Tensor]:
+    def adapt_warm_start(cls, net: nn.Module, tensors: dict[str, Tensor], target: Target,
+                         loss: dict) -> dict[str, Tensor]:
         """EAGLE-2-network weights (an eagle2/hass/coral draft) -> this net, computing the same function at the
         start: FS's fc is EAGLE's fc and its gated residual starts at zero (``fc.mlp.down_proj`` = 0); PAD's
         2H-wide ``down_proj`` is EAGLE's stacked twice, so both halves start as EAGLE's output."""

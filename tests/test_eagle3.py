@@ -307,7 +307,7 @@ def test_warm_start_takes_the_drafts_vocabulary_or_carries_it_into_another_and_r
             assert torch.equal(larger.lm_head.weight[row], draft.lm_head.weight[row_of[token]]), token
     assert torch.equal(larger.fc.weight, draft.fc.weight)
     reranked, _ = Eagle3.training_setup(target, data, draft_vocab=48, vocab="data")  # same size, the data's ranking
-    Eagle3.warm_start(reranked, target, released)
+    Eagle3.warm_start(reranked, target, released, draft_vocab=48, vocab="data")
     assert torch.equal(reranked.target_ids(), net_vocab) and not torch.equal(reranked.d2t, draft.d2t)
     for row, token in enumerate(net_vocab.tolist()):
         if token in row_of:

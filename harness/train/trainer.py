@@ -76,7 +76,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
     random.seed(config.seed)
     net, objective = method_cls.training_setup(target, data, **(loss_options or {}))
     if init is not None:
-        method_cls.warm_start(net, target, init)
+        method_cls.warm_start(net, target, init, **(loss_options or {}))
     net = net.to(target.device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
