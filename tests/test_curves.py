@@ -8,12 +8,13 @@ from harness.errors import UserError
 from harness.report import curves
 
 
-def _checkpoint(directory, method, depth1, stopped_by="steps", patience=2, holdout_from=0):
+def _checkpoint(directory, method, depth1, stopped_by="steps", patience=2, holdout_from=0, init=None):
     directory.mkdir(parents=True)
     evals = [{"epoch": 1, "step": 10 * (i + 1), "top1_depth1": v, "top1_depth2": v / 2} for i, v in enumerate(depth1)]
     config = {"method": method, "training": {
         "config": {"holdout": 0.05, "holdout_from": holdout_from, "patience": patience},
-        "data_samples": 100, "steps": 10 * len(depth1), "seconds": 12.5, "stopped_by": stopped_by, "evals": evals}}
+        "data_samples": 100, "steps": 10 * len(depth1), "seconds": 12.5, "stopped_by": stopped_by, "evals": evals,
+        "init": None if init is None else str(init)}}
     (directory / "config.json").write_text(json.dumps(config))
     return directory
 
@@ -44,3 +45,26 @@ def test_a_folder_without_a_training_record_is_refused_clearly(tmp_path, capsys)
     (tmp_path / "config.json").write_text(json.dumps({"method": "eagle2", "training": {"evals": []}}))
     assert main(["curves", str(tmp_path)]) == 2
     assert "no held-out evaluations" in capsys.readouterr().err
+
+
+def test_lineage_joins_an_init_chain_on_one_step_axis_and_keeps_only_evaluations_on_the_same_held_out_split(
+        tmp_path, capsys):
+    first = _checkpoint(tmp_path / "first", "hass", [0.20], holdout_from=0)           # another held-out split
+    second = _checkpoint(tmp_path / "second", "hass", [0.40, 0.45], holdout_from=64, init=first)
+    third = _checkpoint(tmp_path / "third", "hass", [0.44, 0.45, 0.44], holdout_from=64, init=second)
+    curve = curves.load_lineage(third)
+    assert curve.evals["step"].tolist() == [20, 30, 40, 50, 60]   # first's 10 steps counted, its eval not
+    assert curve.evals["top1_depth1"].tolist() == [0.40, 0.45, 0.44, 0.45, 0.44]
+    assert curve.steps == 60 and curve.seconds == pytest.approx(37.5) and curve.lineage.startswith("3 runs")
+    row = curves.summary([curve], goal=0.55).iloc[0]
+    assert row["plateau"] and row["last_gain"] == pytest.approx(-0.01)   # no new best in the last 2 evaluations
+    assert row["lineage"] == f"3 runs from {first}"
+    assert not curves.summary([curves.load_curve(third)], goal=None).iloc[0]["plateau"]   # third alone: rising
+    assert curves.load_lineage(first).evals["step"].tolist() == [10]     # no chain: the run itself
+    config = json.loads((first / "config.json").read_text())
+    config["training"]["init"] = str(first)                          # trained on in place: earlier runs lost
+    (first / "config.json").write_text(json.dumps(config))
+    assert "trained on in place" in curves.load_lineage(third).lineage and curves.load_lineage(third).steps == 60
+    out = tmp_path / "report"
+    assert main(["curves", str(third), "--lineage", "--out", str(out)]) == 0
+    assert "Lineage:" in (out / "curves.md").read_text()

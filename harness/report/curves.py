@@ -8,7 +8,10 @@ why training stopped, whether the trainer's own plateau rule holds, and the goal
 
 Curves of different checkpoints share an axis only when their held-out sets match: a continued run that
 draws its held-out samples past the data its start saw (``holdout_from``) measures on other text than
-its start did, so the table names each run's held-out split.
+its start did, so the table names each run's held-out split. ``--lineage`` follows each checkpoint's
+``--init`` chain back and draws one curve over the draft's whole training, steps counted from its first
+run, with the evaluations of every run that measured the same held-out samples (the earlier runs' steps
+still count): whether a draft continued pass after pass has stopped improving.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class Curve:
     patience: int | None
     held_out: str                  # which samples the top-1 is measured on
     samples: int
+    lineage: str = ""              # with --lineage: the runs joined, and what their records leave out
 
 
 def load_curve(directory: Path) -> Curve:
@@ -60,18 +64,68 @@ def load_curve(directory: Path) -> Curve:
                  held_out=held_out, samples=int(training.get("data_samples", 0)))
 
 
+def held_out_split(config: dict) -> tuple:
+    """What fixes a run's held-out samples in ``FeatureData.split``: share, seed, first index, the pool they
+    are drawn from, and how many tokens of each are kept."""
+    training = config.get("training") or {}
+    settings, samples = training.get("config", {}), training.get("data_samples", 0)
+    pool = settings.get("holdout_of") or min(settings.get("max_samples") or samples, samples)
+    return (settings.get("holdout"), settings.get("seed"), settings.get("holdout_from") or 0, pool,
+            settings.get("max_len"))
+
+
+def load_lineage(directory: Path) -> Curve:
+    """The curve of ``directory``'s draft over its whole ``--init`` chain (oldest run first), keeping the
+    evaluations of the runs whose held-out split is the last run's; a chain that leaves the checkpoints
+    written by ``harness train`` (a released draft, a folder not here) starts where it leaves them."""
+    chain, unrecorded = [directory], ""
+    while True:
+        init = (json.loads((chain[-1] / "config.json").read_text()).get("training") or {}).get("init")
+        if init and Path(init) in chain:   # a folder trained on in place keeps only its last run's record
+            unrecorded = (f"; {init} was trained on in place, so only its last run is on record: earlier steps "
+                          "are not counted, and drafts started from it before that run are miscounted by it")
+        if not init or not (Path(init) / "config.json").is_file() or Path(init) in chain:
+            break
+        chain.append(Path(init))
+    last = load_curve(directory)
+    split = held_out_split(json.loads((directory / "config.json").read_text()))
+    parts, offset, seconds = [], 0, 0.0
+    for folder in reversed(chain):
+        config = json.loads((folder / "config.json").read_text())
+        training = config.get("training") or {}
+        if held_out_split(config) == split and training.get("evals"):
+            parts.append(load_curve(folder).evals.assign(step=lambda frame, at=offset: frame["step"] + at))
+        offset += int(training.get("steps", 0))
+        seconds += float(training.get("seconds", 0.0))
+    return Curve(label=str(directory), method=last.method, evals=pd.concat(parts, ignore_index=True), steps=offset,
+                 seconds=seconds, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
+                 lineage=f"{len(chain)} runs from {chain[-1]}{unrecorded}",
+                 samples=last.samples)
+
+
+def interval_start(evals: pd.DataFrame) -> float | None:
+    """Depth-1 top-1 one evaluation interval (the median gap between evaluations) before the last one: an
+    epoch's end evaluates a step after the every-N-steps evaluation, and a one-step gain says nothing."""
+    if len(evals) < 2:
+        return None
+    steps = evals["step"]
+    earlier = evals[steps <= steps.iloc[-1] - steps.diff().median()]
+    return float((earlier if len(earlier) else evals).iloc[-1 if len(earlier) else 0]["top1_depth1"])
+
+
 def summary(curves: list[Curve], goal: float | None) -> pd.DataFrame:
     """One row per curve: where it ended and whether it still rose."""
     rows = []
     for curve in curves:
         last = curve.evals.iloc[-1]
-        previous = curve.evals.iloc[-2]["top1_depth1"] if len(curve.evals) > 1 else float("nan")
+        previous = interval_start(curve.evals)
         depths = sorted(c for c in curve.evals.columns if c.startswith("top1_depth"))
-        row = {"checkpoint": curve.label, "method": curve.method, "samples": curve.samples,
+        row = {"checkpoint": curve.label, **({"lineage": curve.lineage} if curve.lineage else {}),
+               "method": curve.method, "samples": curve.samples,
                "held_out": curve.held_out, "steps": curve.steps, "seconds": curve.seconds,
                "stopped_by": curve.stopped_by or "epochs",
                "plateau": reached_plateau(curve.evals.to_dict("records"), curve.patience),
-               "last_gain": last["top1_depth1"] - previous}
+               "last_gain": last["top1_depth1"] - previous if previous is not None else float("nan")}
         row.update({f"depth{c.removeprefix('top1_depth')}": last[c] for c in depths})
         if goal is not None:
             row["goal_reached"] = bool(last["top1_depth1"] >= goal)
@@ -79,31 +133,35 @@ def summary(curves: list[Curve], goal: float | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(curves: list[Curve], goal: float | None, out_dir: Path) -> None:
+def plot(curves: list[Curve], goal: float | None, out_dir: Path, lineage: bool = False) -> None:
     fig, axis = plt.subplots(figsize=(6.4, 3.6 + 0.2 * len(curves)))
     for curve in curves:
         axis.plot(curve.evals["step"], curve.evals["top1_depth1"], marker="o", markersize=3,
                   label=f"{curve.label} (held-out {curve.held_out})")
     if goal is not None:
         axis.axhline(goal, linestyle="--", color="grey", linewidth=1, label=f"goal {goal:g}")
-    axis.set_xlabel("training step (this run)")
+    axis.set_xlabel("training step (from the first run of the --init chain)" if lineage else "training step (this run)")
     axis.set_ylabel("held-out top-1, depth 1")
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     save(fig, out_dir, "curves")
 
 
-def write(directories: list[Path], out_dir: Path, goal: float | None) -> Path:
-    curves = [load_curve(directory) for directory in directories]
+def write(directories: list[Path], out_dir: Path, goal: float | None, lineage: bool = False) -> Path:
+    curves = [(load_lineage if lineage else load_curve)(directory) for directory in directories]
     out_dir.mkdir(parents=True, exist_ok=True)
     table = summary(curves, goal)
-    plot(curves, goal, out_dir)
-    shown = table.assign(**{c: table[c].map(lambda v: num(v, 3)) for c in table.columns
+    plot(curves, goal, out_dir, lineage)
+    shown = table.assign(seconds=table["seconds"].map(lambda v: f"{v:,.0f}"),
+                         **{c: table[c].map(lambda v: num(v, 3)) for c in table.columns
                             if c.startswith("depth") or c == "last_gain"})
     shown = shown.map(lambda v: ("yes" if v else "no") if isinstance(v, bool) else str(v))
     caption = ("Held-out top-1 agreement with the target's greedy token at each draft depth, last evaluation "
-               "of each run; last_gain: the depth-1 change over the last evaluation interval; plateau: the "
+               "of each run; last_gain: the depth-1 change over the last evaluation interval (the median gap between "
+               "evaluations); plateau: the "
                "trainer's rule (no new best depth-1 top-1 in the last `patience` evaluations); stopped_by "
-               "steps or budget: the run ended on its budget, not on a plateau.")
+               "steps or budget: the run ended on its budget, not on a plateau."
+               + (" Lineage: steps and seconds summed over the --init chain; the curve and the plateau rule use "
+                  "the evaluations of every run in it on the same held-out samples." if lineage else ""))
     text = f"# Learning curves\n\n{markdown_table(Table('curves', 'Learning curves', caption, shown))}\n\n" \
            "![held-out depth-1 top-1 against step](curves.png)\n"
     path = out_dir / "curves.md"
@@ -115,7 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoint folders written by `harness train`")
     parser.add_argument("--out", type=Path, default=Path("reports/curves"), help="folder for curves.md and the plot")
     parser.add_argument("--goal", type=float, default=None, help="a depth-1 top-1 to mark and check, e.g. 0.55")
+    parser.add_argument("--lineage", action="store_true",
+                        help="follow each checkpoint's --init chain: one curve over all its training runs")
 
 
 def run(args: argparse.Namespace) -> None:
-    print(f"curves: {write(args.checkpoints, args.out, args.goal)}")
+    print(f"curves: {write(args.checkpoints, args.out, args.goal, args.lineage)}")
