@@ -99,8 +99,8 @@ def load_lineage(directory: Path) -> Curve:
         seconds += float(training.get("seconds", 0.0))
     return Curve(label=str(directory), method=last.method, evals=pd.concat(parts, ignore_index=True), steps=offset,
                  seconds=seconds, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
-                 lineage=f"{len(chain)} runs from {chain[-1]}{unrecorded}",
-                 samples=last.samples)
+                 samples=last.samples,
+                 lineage=f"{len(chain)} run{'s' if len(chain) > 1 else ''} from {chain[-1]}{unrecorded}")
 
 
 def interval_start(evals: pd.DataFrame) -> float | None:
@@ -110,7 +110,8 @@ def interval_start(evals: pd.DataFrame) -> float | None:
         return None
     steps = evals["step"]
     earlier = evals[steps <= steps.iloc[-1] - steps.diff().median()]
-    return float((earlier if len(earlier) else evals).iloc[-1 if len(earlier) else 0]["top1_depth1"])
+    start = earlier.iloc[-1] if len(earlier) else evals.iloc[0]
+    return float(start["top1_depth1"])
 
 
 def summary(curves: list[Curve], goal: float | None) -> pd.DataFrame:
