@@ -44,12 +44,18 @@ class Curve:
     lineage: str = ""              # with --lineage: the runs joined, and what their records leave out
 
 
-def load_curve(directory: Path) -> Curve:
-    """A checkpoint folder's curve; a clear error when the folder holds no training record."""
+def read_config(directory: Path) -> dict:
+    """A checkpoint folder's config.json; a clear error when the folder has none."""
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise UserError(f"{directory}: no config.json, so not a checkpoint written by `harness train`")
-    config = json.loads(config_path.read_text())
+    return json.loads(config_path.read_text())
+
+
+def load_curve(directory: Path, config: dict | None = None) -> Curve:
+    """A checkpoint folder's curve (``config``: its config.json, when already read); a clear error when the
+    folder holds no training record."""
+    config = read_config(directory) if config is None else config
     training = config.get("training") or {}
     evals = training.get("evals") or []
     if not evals:
@@ -78,29 +84,29 @@ def load_lineage(directory: Path) -> Curve:
     """The curve of ``directory``'s draft over its whole ``--init`` chain (oldest run first), keeping the
     evaluations of the runs whose held-out split is the last run's; a chain that leaves the checkpoints
     written by ``harness train`` (a released draft, a folder not here) starts where it leaves them."""
-    chain, unrecorded = [directory], ""
+    chain, unrecorded = [(directory, read_config(directory))], ""
     while True:
-        init = (json.loads((chain[-1] / "config.json").read_text()).get("training") or {}).get("init")
-        if init and Path(init) in chain:   # a folder trained on in place keeps only its last run's record
+        init = (chain[-1][1].get("training") or {}).get("init")
+        if init and Path(init) in [folder for folder, _ in chain]:   # trained on in place: only its last run's record
             unrecorded = (f"; {init} was trained on in place, so only its last run is on record: earlier steps "
                           "are not counted, and drafts started from it before that run are miscounted by it")
-        if not init or not (Path(init) / "config.json").is_file() or Path(init) in chain:
             break
-        chain.append(Path(init))
-    last = load_curve(directory)
-    split = held_out_split(json.loads((directory / "config.json").read_text()))
+        if not init or not (Path(init) / "config.json").is_file():
+            break
+        chain.append((Path(init), read_config(Path(init))))
+    last = load_curve(directory, chain[0][1])
+    split = held_out_split(chain[0][1])
     parts, offset, seconds = [], 0, 0.0
-    for folder in reversed(chain):
-        config = json.loads((folder / "config.json").read_text())
+    for folder, config in reversed(chain):
         training = config.get("training") or {}
         if held_out_split(config) == split and training.get("evals"):
-            parts.append(load_curve(folder).evals.assign(step=lambda frame, at=offset: frame["step"] + at))
+            parts.append(load_curve(folder, config).evals.assign(step=lambda frame, at=offset: frame["step"] + at))
         offset += int(training.get("steps", 0))
         seconds += float(training.get("seconds", 0.0))
     return Curve(label=str(directory), method=last.method, evals=pd.concat(parts, ignore_index=True), steps=offset,
                  seconds=seconds, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
                  samples=last.samples,
-                 lineage=f"{len(chain)} run{'s' if len(chain) > 1 else ''} from {chain[-1]}{unrecorded}")
+                 lineage=f"{len(chain)} run{'s' if len(chain) > 1 else ''} from {chain[-1][0]}{unrecorded}")
 
 
 def interval_start(evals: pd.DataFrame) -> float | None:
