@@ -77,6 +77,15 @@ def worker_resources(workers: int, device: str, device_map: str | None) -> dict:
     return {"num_cpus": cpus // workers}
 
 
+def worker_threads(cpu_share: int) -> int:
+    """Torch threads of a CPU worker: its share of the cluster's CPUs, capped by the driver's OMP_NUM_THREADS.
+    Each run without --cluster starts its own Ray, which sees every core, so two runs side by side would each
+    hand their workers all of them; the cap is how the user splits the cores between runs (two `--workers 1`
+    replays on the 2-core VM, two threads each, ran 5-10x slower than with one thread each)."""
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cpu_share, int(cap)) if cap.isdigit() and int(cap) > 0 else cpu_share
+
+
 class SweepWorker:
     """One Ray actor: a target, its drafters and a timing session, answering units until the sweep ends."""
 
@@ -225,7 +234,7 @@ class Pool:
     def __init__(self, worker_cls: type, args: tuple, workers: int, device: str, device_map: str | None) -> None:
         self.ray = require_ray()
         self.resources = worker_resources(workers, device, device_map)
-        threads = None if "num_gpus" in self.resources else self.resources["num_cpus"]
+        threads = None if "num_gpus" in self.resources else worker_threads(self.resources["num_cpus"])
         actor = self.ray.remote(worker_cls).options(**self.resources, max_restarts=0)
         self._new = lambda: actor.remote(*args, threads)
         self.workers = workers

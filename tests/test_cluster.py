@@ -73,6 +73,20 @@ def test_two_workers_write_the_texts_and_accept_lengths_of_one_process(local_ray
     assert (build([spread], out=tmp_path / "report") / "report.md").is_file()
 
 
+@pytest.mark.parametrize("omp, threads", [(None, 2), ("1", 1), ("8", 2)])
+def test_a_worker_takes_its_cpu_share_capped_by_the_drivers_omp_threads(local_ray, tiny_dir, monkeypatch, tmp_path,
+                                                                       omp, threads):
+    # Two runs side by side each start a Ray that sees every core: OMP_NUM_THREADS is how the user splits them.
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    run = runner.run(runner.Plan(methods=("pld",), suites=("tiny-many",), target=tiny_dir, max_new_tokens=4, limit=1,
+                                 warmup=0, out=tmp_path / "run", workers=1), argv=["run"])
+    (row,) = read_rows(answer_file(run, "tiny-many", "pld", 0.0))
+    assert f"({threads} threads)" in json.dumps(row["worker"])
+
+
 def test_a_killed_worker_loses_nothing_and_a_rerun_adds_nothing(local_ray, tiny_dir, tmp_path):
     plan = runner.Plan(methods=("vanilla", "pld"), suites=("tiny-many",), target=tiny_dir, max_new_tokens=64,
                        warmup=0, out=tmp_path / "run", workers=2)
