@@ -61,7 +61,7 @@ def connect(address: str | None) -> bool:
 
 def worker_resources(workers: int, device: str, device_map: str | None) -> dict:
     """What each worker reserves: GPUs when the cluster has them (all its share with --device-map), else
-    an equal share of the cluster's CPUs, which also sets its torch threads."""
+    an equal share of the cluster's CPUs, which also bounds its torch threads (worker_threads)."""
     ray = require_ray()
     total = ray.cluster_resources()
     gpus = int(total.get("GPU", 0))
