@@ -77,13 +77,14 @@ def worker_resources(workers: int, device: str, device_map: str | None) -> dict:
     return {"num_cpus": cpus // workers}
 
 
-def worker_threads(cpu_share: int) -> int:
-    """Torch threads of a CPU worker: its share of the cluster's CPUs, capped by the driver's OMP_NUM_THREADS.
-    Each run without --cluster starts its own Ray, which sees every core, so two runs side by side would each
-    hand their workers all of them; the cap is how the user splits the cores between runs (two `--workers 1`
-    replays on the 2-core VM, two threads each, ran 5-10x slower than with one thread each)."""
+def worker_threads(cpu_share: int, local: bool) -> int:
+    """Torch threads of a CPU worker: its share of the cluster's CPUs, capped on this machine's Ray (``local``:
+    no --cluster) by the driver's OMP_NUM_THREADS. Each such run starts its own Ray, which sees every core, so
+    two runs side by side would each hand their workers all of them; the cap is how the user splits the cores
+    between runs (two `--workers 1` replays on the 2-core VM, two threads each, ran 5-10x slower than with one
+    thread each). On a --cluster the driver's environment says nothing about the workers' machines."""
     cap = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return min(cpu_share, int(cap)) if cap.isdigit() and int(cap) > 0 else cpu_share
+    return min(cpu_share, int(cap)) if local and cap.isdigit() and int(cap) > 0 else cpu_share
 
 
 class SweepWorker:
@@ -158,7 +159,8 @@ def run(checked: validate.Checked, questions: dict[str, list[Question]], argv: l
     """The sweep of ``checked.plan`` on plan.workers Ray workers; returns the run directory."""
     plan = checked.plan
     started = connect(plan.cluster)
-    pool = Pool(SweepWorker, (checked, questions), plan.workers, plan.device, plan.device_map)
+    pool = Pool(SweepWorker, (checked, questions), plan.workers, plan.device, plan.device_map,
+                local=plan.cluster is None)
     try:
         info = pool.start()
         run_dir = runner.run_dir_for(plan, info["settings"])
@@ -231,10 +233,11 @@ class Pool:
     """Ray actors of one class: started, each loaded once (``load()``), fed one unit at a time (``work(unit)``),
     and replaced when one dies, its unit queued again. Every worker must report the same ``agree`` value."""
 
-    def __init__(self, worker_cls: type, args: tuple, workers: int, device: str, device_map: str | None) -> None:
+    def __init__(self, worker_cls: type, args: tuple, workers: int, device: str, device_map: str | None,
+                 local: bool) -> None:
         self.ray = require_ray()
         self.resources = worker_resources(workers, device, device_map)
-        threads = None if "num_gpus" in self.resources else worker_threads(self.resources["num_cpus"])
+        threads = None if "num_gpus" in self.resources else worker_threads(self.resources["num_cpus"], local)
         actor = self.ray.remote(worker_cls).options(**self.resources, max_restarts=0)
         self._new = lambda: actor.remote(*args, threads)
         self.workers = workers

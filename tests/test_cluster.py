@@ -87,6 +87,13 @@ def test_a_worker_takes_its_cpu_share_capped_by_the_drivers_omp_threads(local_ra
     assert f"({threads} threads)" in json.dumps(row["worker"])
 
 
+def test_on_a_cluster_the_drivers_omp_threads_leave_the_workers_share_alone(monkeypatch):
+    from harness.cluster import worker_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # the driver's shell says nothing about the cluster's machines
+    assert worker_threads(16, local=False) == 16 and worker_threads(16, local=True) == 1
+
+
 def test_a_killed_worker_loses_nothing_and_a_rerun_adds_nothing(local_ray, tiny_dir, tmp_path):
     plan = runner.Plan(methods=("vanilla", "pld"), suites=("tiny-many",), target=tiny_dir, max_new_tokens=64,
                        warmup=0, out=tmp_path / "run", workers=2)

@@ -165,7 +165,7 @@ def run(config: DatagenConfig, workers: int | None = None, cluster: str | None =
     if workers:
         from harness import cluster as ray_cluster   # imports Ray, which nothing else needs
         started = ray_cluster.connect(cluster)
-        pool = ray_cluster.Pool(ShardWorker, (config,), workers, config.device, None)
+        pool = ray_cluster.Pool(ShardWorker, (config,), workers, config.device, None, local=cluster is None)
         try:
             info = pool.start()
             return _write(config, info["agree"]["target"], info["prompt_stats"], info["template"],
