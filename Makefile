@@ -52,11 +52,11 @@ demo: setup
 	$(PY) -m harness report --results results/demo --out reports/demo
 
 # Every paper's table (published beside ours, with our paired verdicts) from the committed equal-budget results,
-# T = 0 (replay) and T = 1 (real decoding): reports/paper-<name>/paper_<name>.md (.html, .tex).
+# T = 0 (replay) and T = 1 (real decoding), in one report: reports/paper-tables/paper_<name>.md (.html, .tex).
 PAPERS ?= hass coral fspad eagle2 medusa specbench
 PAPER_RESULTS ?= results/smollm2-epoch6-eq-t0 results/smollm2-epoch6-eq-t1
 paper-tables: setup
-	for p in $(PAPERS); do $(PY) -m harness report --results $(PAPER_RESULTS) --out reports/paper-$$p --paper $$p || exit 1; done
+	$(PY) -m harness report --results $(PAPER_RESULTS) --out reports/paper-tables --paper $(PAPERS)
 
 # Without a data folder, the public evaluation files are downloaded into the cache first (online only; offline,
 # the tests that need them are skipped with a line saying how to provide them).

@@ -148,7 +148,7 @@ def test_anchors_file_is_well_formed():
 
 
 def test_paper_tables_put_ours_beside_published(hand_run, tmp_path):
-    out = build([hand_run], tmp_path / "report", paper="specbench")
+    out = build([hand_run], tmp_path / "report", paper=["specbench"])
     md = (out / "paper_specbench.md").read_text()
     assert "| PLD | 0 | paper | 1.64 / — |" in md                           # §5.4a, conversation column
     ours = next(line for line in md.splitlines() if "| pld | 0 | ours (hand) |" in line)
@@ -156,12 +156,27 @@ def test_paper_tables_put_ours_beside_published(hand_run, tmp_path):
     assert ours.split("|")[10].strip() == f"{20 / 7.5:.2f} / {3.0:.2f}"  # Overall: the whole suite
     assert "\\begin{tabular}" in (out / "paper_specbench.tex").read_text()
     assert "RTX 3090" in (out / "paper_specbench.html").read_text()
-    coral = (build([hand_run], tmp_path / "coral", paper="coral") / "paper_coral.md").read_text()
+    coral = (build([hand_run], tmp_path / "coral", paper=["coral"]) / "paper_coral.md").read_text()
     paper_rows = [line for line in coral.splitlines() if "| paper |" in line]
     assert len(paper_rows) == 18 and all("pending-primary" in line for line in paper_rows)
     assert not any(ch.isdigit() for line in paper_rows for ch in line.split("| paper |")[1])
     with pytest.raises(UserError, match="unknown paper"):
-        build([hand_run], tmp_path / "x", paper="nosuch")
+        build([hand_run], tmp_path / "x", paper=["nosuch"])
+
+
+def test_several_papers_come_from_one_build(hand_run, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--results", str(hand_run), "--out", str(tmp_path / "both"),
+                              "--paper", "coral", "specbench", "--paper", "hass"])
+    assert args.paper == ["coral", "specbench", "hass"]
+    run(args)
+    for name in args.paper:
+        alone = build([hand_run], tmp_path / name, paper=[name])
+        assert (tmp_path / "both" / f"paper_{name}.md").read_text() == (alone / f"paper_{name}.md").read_text()
+    with pytest.raises(UserError, match="unknown paper 'nosuch'; known: "):     # checked before anything is written
+        build([hand_run], tmp_path / "none", paper=["hass", "nosuch"])
+    assert not (tmp_path / "none").exists()
 
 
 def test_cli_entry_points(hand_run, tmp_path, capsys):
@@ -191,7 +206,7 @@ def tiny_report(tmp_path_factory):
     plan = runner.Plan(methods=("vanilla", "pld"), suites=("tiny-report",), target=save_tiny_target(root / "target"),
                        max_new_tokens=16, temperatures=(0.0, 1.0), out=root / "run", warmup=0)
     run_dir = runner.run(plan, argv=["test"])
-    return build([run_dir], root / "report", paper="specbench")
+    return build([run_dir], root / "report", paper=["specbench"])
 
 
 def test_a_report_from_a_tiny_run_has_every_table_and_figure(tiny_report):
@@ -351,7 +366,7 @@ def test_published_claims_get_our_paired_verdict(tmp_path):
     hass = [dict(r, method="hass", choices=[dict(r["choices"][0], accept_lengths=r["choices"][0]["accept_lengths"]
                                                  [:-1] + [r["choices"][0]["accept_lengths"][-1] + 2])]) for r in PLD]
     run_dir = write_run(tmp_path / "claims", VANILLA + eagle + hass)
-    out = build([run_dir], tmp_path / "report", paper="hass")
+    out = build([run_dir], tmp_path / "report", paper=["hass"])
     claims = (out / "tables" / "claims.md").read_text()
     hass_line = next(line for line in claims.splitlines() if line.startswith("| HASS > EAGLE-2"))
     assert "| reproduced |" in hass_line and "arXiv 2408.15766" in hass_line
@@ -374,7 +389,7 @@ def test_paper_tables_show_replayed_cells_as_tau_only_and_pair_them_with_each_ot
     for method, (first, second) in accepts.items():
         rows += [dict(make_row(q, f"{method}-replay", 0.0, accept, None, "a", suite=suite), replayed=True)
                  for q, accept in ((1, first), (2, second))]
-    out = build([write_run(tmp_path / "full", rows)], tmp_path / "report", paper="hass")
+    out = build([write_run(tmp_path / "full", rows)], tmp_path / "report", paper=["hass"])
     md = (out / "paper_hass.md").read_text()
     hass = next(line for line in md.splitlines() if "| hass-replay | 0 | ours (full) |" in line)
     assert hass.rstrip(" |").endswith("replayed (τ only)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -27,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, nargs="+", action="extend", default=None, metavar="DIR",
                         help="run directories (folders with manifest.json) or folders of them (default: results/)")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run name>)")
-    parser.add_argument("--paper", default=None, metavar="NAME",
-                        help="also lay out a paper's table beside its published numbers: "
-                             "coral, eagle2, hass, fspad, medusa or specbench")
+    parser.add_argument("--paper", nargs="+", action="extend", default=[], metavar="NAME",
+                        help="also lay out papers' tables beside their published numbers, one paper_<name>.* "
+                             "each: coral, eagle2, hass, fspad, medusa and/or specbench")
     parser.add_argument("--compare", action="store_true", help="put two or more runs side by side with ratios")
     parser.add_argument("--baseline", default=None, metavar="METHOD",
                         help="the method every speedup is measured against (default: each run's manifest, vanilla)")
@@ -105,16 +106,20 @@ def _contended_notes(cells: pd.DataFrame) -> list[str]:
             f"machine for a clean speedup" for c in cells.itertuples() if c.contended]
 
 
-def build(results: list[Path], out: Path | None = None, paper: str | None = None, compare: bool = False,
+def build(results: list[Path], out: Path | None = None, paper: Sequence[str] = (), compare: bool = False,
           baseline: str | None = None) -> Path:
-    """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* with --paper); return the folder.
-    ``baseline`` overrides each run's speedup reference (the manifest's ``baseline``, vanilla by default)."""
+    """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* for each name in ``paper``); return
+    the folder. ``baseline`` overrides each run's speedup reference (the manifest's ``baseline``, vanilla by
+    default). The statistics are computed once, however many papers are laid out."""
     served = serving.find(results)
     research = [p for p in results if p not in served]
     runs = load_runs(research, baseline) if research or not served else []
     if compare and len(runs) < 2:
         raise UserError("--compare needs two or more run directories (pass several --results DIR)")
     anchors = papers.load_anchors()
+    unknown = [name for name in paper if name not in anchors.get("papers", {})]
+    if unknown:     # before anything is written
+        raise UserError(f"unknown paper {', '.join(map(repr, unknown))}; known: {', '.join(anchors['papers'])}")
     out_dir = out or Path("reports") / (_default_name(runs, compare) if runs else served[0].name)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = combined(runs) if runs else pd.DataFrame()
@@ -156,12 +161,13 @@ def build(results: list[Path], out: Path | None = None, paper: str | None = None
     if paper:
         measured = papers.Measured(cells, task_cells, pairs, stats.paired(frame, by_task=True) if not frame.empty
                                    else pd.DataFrame())
-        title, paragraphs, ptables = papers.paper_tables(paper, anchors, measured, runs)
-        paper_section = Section(f"paper_{paper}", title, paragraphs, ptables)
+    for name in dict.fromkeys(paper):
+        title, paragraphs, ptables = papers.paper_tables(name, anchors, measured, runs)
+        paper_section = Section(f"paper_{name}", title, paragraphs, ptables)
         sections.append(paper_section)
-        render.write_markdown(out_dir / f"paper_{paper}.md", title, [paper_section])
-        render.write_html(out_dir / f"paper_{paper}.html", title, [paper_section])
-        render.write_latex(out_dir / f"paper_{paper}.tex", ptables)
+        render.write_markdown(out_dir / f"paper_{name}.md", title, [paper_section])
+        render.write_html(out_dir / f"paper_{name}.html", title, [paper_section])
+        render.write_latex(out_dir / f"paper_{name}.tex", ptables)
     sections.insert(0, Section("overview", "Runs and gaps", [
         *failures,
         "Runs: " + ", ".join([f"{r.name} ({r.path})" for r in runs]
