@@ -117,9 +117,7 @@ def build(results: list[Path], out: Path | None = None, paper: Sequence[str] = (
     if compare and len(runs) < 2:
         raise UserError("--compare needs two or more run directories (pass several --results DIR)")
     anchors = papers.load_anchors()
-    unknown = [name for name in paper if name not in anchors.get("papers", {})]
-    if unknown:     # before anything is written
-        raise UserError(f"unknown paper {', '.join(map(repr, unknown))}; known: {', '.join(anchors['papers'])}")
+    papers.require_known(paper, anchors)
     out_dir = out or Path("reports") / (_default_name(runs, compare) if runs else served[0].name)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = combined(runs) if runs else pd.DataFrame()
@@ -161,13 +159,13 @@ def build(results: list[Path], out: Path | None = None, paper: Sequence[str] = (
     if paper:
         measured = papers.Measured(cells, task_cells, pairs, stats.paired(frame, by_task=True) if not frame.empty
                                    else pd.DataFrame())
-    for name in dict.fromkeys(paper):
-        title, paragraphs, ptables = papers.paper_tables(name, anchors, measured, runs)
-        paper_section = Section(f"paper_{name}", title, paragraphs, ptables)
-        sections.append(paper_section)
-        render.write_markdown(out_dir / f"paper_{name}.md", title, [paper_section])
-        render.write_html(out_dir / f"paper_{name}.html", title, [paper_section])
-        render.write_latex(out_dir / f"paper_{name}.tex", ptables)
+        for name in dict.fromkeys(paper):
+            title, paragraphs, ptables = papers.paper_tables(name, anchors, measured, runs)
+            paper_section = Section(f"paper_{name}", title, paragraphs, ptables)
+            sections.append(paper_section)
+            render.write_markdown(out_dir / f"paper_{name}.md", title, [paper_section])
+            render.write_html(out_dir / f"paper_{name}.html", title, [paper_section])
+            render.write_latex(out_dir / f"paper_{name}.tex", ptables)
     sections.insert(0, Section("overview", "Runs and gaps", [
         *failures,
         "Runs: " + ", ".join([f"{r.name} ({r.path})" for r in runs]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -129,12 +130,18 @@ def _ours_cells(measured: Measured, run: str, columns: list[str], match: dict, t
     return cells
 
 
+def require_known(names: Iterable[str], anchors: dict) -> None:
+    """Refuse every name without published tables in ``anchors``, all at once and before anything is written."""
+    papers = anchors.get("papers", {})
+    unknown = [name for name in names if name not in papers]
+    if unknown:
+        raise UserError(f"unknown paper {', '.join(map(repr, unknown))}; known: {', '.join(papers)}")
+
+
 def paper_tables(name: str, anchors: dict, measured: Measured, runs: list) -> tuple[str, list[str], list[Table]]:
     """(title, notes, tables) for one paper: a table per published table and temperature."""
-    papers = anchors.get("papers", {})
-    if name not in papers:
-        raise UserError(f"unknown paper {name!r}; known: {', '.join(papers)}")
-    paper, aliases = papers[name], anchors.get("methods", {})
+    require_known([name], anchors)
+    paper, aliases = anchors["papers"][name], anchors.get("methods", {})
     ours_note = (f"Ours: speedup = {estimator(runs, 'speedup')}; τ = {estimator(runs, 'tau')}. "
                  "Each cell: speedup (×) / τ; one value where both are the same status; — where the source or our "
                  "results have none.")
