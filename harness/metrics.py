@@ -360,17 +360,41 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, base: pd.DataFrame | Non
     x, y = _aligned(a, shared), _aligned(b, shared)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(shared), size=(resamples, len(shared)))
-    acc_a, steps_a = x.accepted.to_numpy(float), x.steps.to_numpy(float)
-    acc_b, steps_b = y.accepted.to_numpy(float), y.steps.to_numpy(float)
-    pooled = acc_a[picks].sum(1) / steps_a[picks].sum(1) - acc_b[picks].sum(1) / steps_b[picks].sum(1)
+    tau_diff, pooled = _pooled_contrast([x, y], [1.0, -1.0], picks)
     per_question = x.tau_question.to_numpy(float) - y.tau_question.to_numpy(float)
-    out.update(tau_diff=acc_a.sum() / steps_a.sum() - acc_b.sum() / steps_b.sum(),
+    out.update(tau_diff=tau_diff,
                tau_q_diff=float(np.nanmean(per_question)), tau_q_above=int((per_question > 0).sum()),
                tau_q_below=int((per_question < 0).sum()))
     out["tau_lo"], out["tau_hi"] = _percentiles(pooled)
     out["tau_q_lo"], out["tau_q_hi"] = _percentiles(np.nanmean(per_question[picks], axis=1))
     out["tau_verdict"] = verdict(out["tau_lo"], out["tau_hi"])
     out.update(_speedup_difference(timed(x.reset_index()), timed(y.reset_index()), base, rng, resamples))
+    return out
+
+
+def _pooled_contrast(cells: list[pd.DataFrame], weights: list[float], picks: np.ndarray) -> tuple[float, np.ndarray]:
+    """sum_i w_i * pooled tau(cell_i): on the aligned rows, and on every resample of question positions ``picks``."""
+    point, resampled = 0.0, np.zeros(len(picks))
+    for rows, weight in zip(cells, weights):
+        accepted, steps = rows.accepted.to_numpy(float), rows.steps.to_numpy(float)
+        point += weight * accepted.sum() / steps.sum()
+        resampled = resampled + weight * accepted[picks].sum(1) / steps[picks].sum(1)
+    return float(point), resampled
+
+
+def paired_contrast(cells: list[pd.DataFrame], weights: list[float], resamples: int = PAIRED_RESAMPLES,
+                    seed: int = 0) -> dict:
+    """sum_i w_i * pooled tau(cell_i) on the questions every cell answered, with a paired percentile bootstrap
+    interval (one resample of questions shared by all cells) and a verdict. Weights (1, -1, -1, 1) give a
+    difference of differences: whether a margin between two methods changed between two training budgets."""
+    shared = sorted(set.intersection(*(set(cell.question_id) for cell in cells)))
+    out = {"questions": len(shared)}
+    if not shared:
+        return out
+    picks = np.random.default_rng(seed).integers(0, len(shared), size=(resamples, len(shared)))
+    out["contrast"], resampled = _pooled_contrast([_aligned(cell, shared) for cell in cells], weights, picks)
+    out["lo"], out["hi"] = _percentiles(resampled)
+    out["verdict"] = verdict(out["lo"], out["hi"])
     return out
 
 

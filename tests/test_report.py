@@ -307,6 +307,30 @@ def test_paired_bootstrap_resamples_questions_jointly():
     assert result["tau_hi"] - result["tau_lo"] < 0.05
 
 
+def test_paired_contrast_tests_a_change_of_margin():
+    """Difference of differences over four cells: a margin that grows by exactly 0.2 on every question is
+    'above' with a narrow interval; weights (1, -1) reproduce paired_difference's pooled figures exactly."""
+    from harness.records import Row
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for qid in range(30):
+        base = int(rng.integers(1, 4))
+        rows += [make_row(qid, "a2", 0.0, [base] * 4 + [base + 2], 1.0, "x"),   # +0.4 over b2
+                 make_row(qid, "b2", 0.0, [base] * 5, 1.0, "x"),
+                 make_row(qid, "a1", 0.0, [base] * 4 + [base + 1], 1.0, "x"),   # +0.2 over b1
+                 make_row(qid, "b1", 0.0, [base] * 5, 1.0, "x")]
+    frame = pd.DataFrame([metrics.question_record(Row.from_json(r), "vanilla") for r in rows])
+    cells = [frame[frame.method == m] for m in ("a2", "b2", "a1", "b1")]
+    change = metrics.paired_contrast(cells, [1.0, -1.0, -1.0, 1.0])
+    assert change["questions"] == 30 and change["contrast"] == pytest.approx(0.2)
+    assert change["verdict"] == "above" and change["lo"] <= 0.2 <= change["hi"]
+    two = metrics.paired_contrast(cells[:2], [1.0, -1.0])
+    diff = metrics.paired_difference(cells[0], cells[1])
+    assert (two["contrast"], two["lo"], two["hi"]) == (diff["tau_diff"], diff["tau_lo"], diff["tau_hi"])
+    assert metrics.paired_contrast([cells[0], cells[1].iloc[:0]], [1.0, -1.0]) == {"questions": 0}
+
+
 def test_baseline_is_data_and_report_baseline_picks_the_reference(hand_run, tmp_path):
     manifest = json.loads((hand_run / "manifest.json").read_text())
     assert load_runs([hand_run])[0].baseline == "vanilla"            # runs recorded before it was named
