@@ -1,6 +1,7 @@
 """`harness curves`: learning-curve table, plot and goal check from checkpoint folders (no model needed)."""
 import json
 
+import pandas as pd
 import pytest
 
 from harness.cli import main
@@ -59,8 +60,10 @@ def test_lineage_joins_an_init_chain_on_one_step_axis_and_keeps_only_evaluations
     row = curves.summary([curve], goal=0.55).iloc[0]
     assert row["plateau"] and row["last_gain"] == pytest.approx(-0.01)   # no new best in the last 2 evaluations
     assert row["lineage"] == f"3 runs from {first}"
+    assert row["run_gain"] == pytest.approx(0.44 - 0.45)   # over the last run: from second's end (0.45) to 0.44
     assert not curves.summary([curves.load_curve(third)], goal=None).iloc[0]["plateau"]   # third alone: rising
     assert curves.load_lineage(first).evals["step"].tolist() == [10]     # no chain: the run itself
+    assert pd.isna(curves.summary([curves.load_lineage(second)], goal=None).iloc[0]["run_gain"])  # first: other split
     config = json.loads((first / "config.json").read_text())
     config["training"]["init"] = str(first)                          # trained on in place: earlier runs lost
     (first / "config.json").write_text(json.dumps(config))

@@ -42,6 +42,7 @@ class Curve:
     held_out: str                  # which samples the top-1 is measured on
     samples: int
     lineage: str = ""              # with --lineage: the runs joined, and what their records leave out
+    run_start: float | None = None  # with --lineage: depth-1 top-1 at the end of the last earlier run on this split
 
 
 def read_config(directory: Path) -> dict:
@@ -103,9 +104,11 @@ def load_lineage(directory: Path) -> Curve:
             parts.append(load_curve(folder, config).evals.assign(step=lambda frame, at=offset: frame["step"] + at))
         offset += int(training.get("steps", 0))
         seconds += float(training.get("seconds", 0.0))
+    # parts[-1] is the last run (the split is its own); parts[-2] the latest earlier run on the same held-out split.
+    run_start = float(parts[-2]["top1_depth1"].iloc[-1]) if len(parts) > 1 else None
     return Curve(label=str(directory), method=last.method, evals=pd.concat(parts, ignore_index=True), steps=offset,
                  seconds=seconds, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
-                 samples=last.samples,
+                 samples=last.samples, run_start=run_start,
                  lineage=f"{len(chain)} run{'s' if len(chain) > 1 else ''} from {chain[-1][0]}{unrecorded}")
 
 
@@ -133,6 +136,9 @@ def summary(curves: list[Curve], goal: float | None) -> pd.DataFrame:
                "stopped_by": curve.stopped_by or "epochs",
                "plateau": reached_plateau(curve.evals.to_dict("records"), curve.patience),
                "last_gain": last["top1_depth1"] - previous if previous is not None else float("nan")}
+        if curve.lineage:   # a run's gain within its schedule ends near 0 as its learning rate reaches 0; a whole
+            # pass's gain over the run before it says whether more training still pays
+            row["run_gain"] = last["top1_depth1"] - curve.run_start if curve.run_start is not None else float("nan")
         row.update({f"depth{c.removeprefix('top1_depth')}": last[c] for c in depths})
         if goal is not None:
             row["goal_reached"] = bool(last["top1_depth1"] >= goal)
@@ -160,7 +166,7 @@ def write(directories: list[Path], out_dir: Path, goal: float | None, lineage: b
     plot(curves, goal, out_dir, lineage)
     shown = table.assign(seconds=table["seconds"].map(lambda v: f"{v:,.0f}"),
                          **{c: table[c].map(lambda v: num(v, 3)) for c in table.columns
-                            if c.startswith("depth") or c == "last_gain"})
+                            if c.startswith("depth") or c in ("last_gain", "run_gain")})
     shown = shown.map(lambda v: ("yes" if v else "no") if isinstance(v, bool) else str(v))
     caption = ("Held-out top-1 agreement with the target's greedy token at each draft depth, last evaluation "
                "of each run; last_gain: the depth-1 change over the last evaluation interval (the median gap between "
@@ -168,7 +174,9 @@ def write(directories: list[Path], out_dir: Path, goal: float | None, lineage: b
                "trainer's rule (no new best depth-1 top-1 in the last `patience` evaluations); stopped_by "
                "steps or budget: the run ended on its budget, not on a plateau."
                + (" Lineage: steps and seconds summed over the --init chain; the curve and the plateau rule use "
-                  "the evaluations of every run in it on the same held-out samples." if lineage else ""))
+                  "the evaluations of every run in it on the same held-out samples; run_gain: the depth-1 change "
+                  "over the last run, from the end of the run before it (a run's own last_gain ends near 0 as its "
+                  "learning rate decays to 0)." if lineage else ""))
     text = f"# Learning curves\n\n{markdown_table(Table('curves', 'Learning curves', caption, shown))}\n\n" \
            "![held-out depth-1 top-1 against step](curves.png)\n"
     path = out_dir / "curves.md"
