@@ -1,7 +1,9 @@
 """The training pipeline end to end on a tiny target: datagen shards, trainer with resume, checkpoint use."""
+import csv
 import dataclasses
 import hashlib
 import json
+import math
 import random
 
 import pytest
@@ -199,6 +201,36 @@ def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):
     assert len(rows) == 4 and float(rows[-1].split(",")[2]) == 0.0
     training = json.loads((out / "config.json").read_text())["training"]
     assert training["steps"] == 4 and training["stopped_early"] and training["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("method", ["eagle2", "hass", "coral", "fspad", "medusa", "eagle3"])
+def test_bf16_precision_trains_on_a_cpu_with_fp32_weights_and_other_numbers(tmp_path, method):
+    """precision=bf16 autocasts the loss on a CPU: the run completes with finite losses, the weights and the
+    optimizer stay fp32, and the result differs from the fp32 run's (so autocast did act); unknown values are refused."""
+    from harness.drafter import METHODS
+    from safetensors.torch import load_file
+
+    from tests.test_eagle3 import layer_data
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    data = (layer_data if method == "eagle3" else feature_data)(target, tmp_path / "data")
+    settings = trainer.TrainConfig(epochs=1, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=1)
+    loss = {"coral": {"num_groups": 4, "always_on": 8}, "eagle3": {"draft_vocab": 40}}.get(method, {})  # fit 96 tokens
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        out = trainer.train(METHODS.get(method), target, data, tmp_path / precision,
+                            dataclasses.replace(settings, precision=precision), loss)
+        with open(out / "train_log.csv") as log:
+            losses = [float(row["loss"]) for row in csv.DictReader(log)]
+        assert losses and all(math.isfinite(value) for value in losses)
+        state = torch.load(out / "trainer_state.pt", weights_only=False)
+        assert all(v.dtype == torch.float32 for v in state["net"].values() if v.is_floating_point())
+        weights[precision] = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(weights["fp32"][k], weights["bf16"][k]) for k in weights["fp32"])
+    with pytest.raises(UserError, match="precision='fp16'"):
+        trainer.TrainConfig(precision="fp16")
 
 
 def test_the_checkpoint_records_the_environment_the_run_started_in(tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """The one training loop for every learned drafter: the method supplies a network and an objective.
 
 ``python -m harness train --method eagle2 --data DIR --out DIR [--preset cpu|gpu]``. AdamW with linear
-warm-up and linear decay, gradient clipping by value (EAGLE), bf16 autocast on CUDA and fp32 on CPU,
-fixed seeds, a held-out split evaluated every epoch and, with ``eval_every``, every N steps (top-1 agreement
+warm-up and linear decay, gradient clipping by value (EAGLE), bf16 autocast on CUDA and fp32 on CPU
+(``precision=bf16`` asks for bf16 autocast on a CPU too), fixed seeds, a held-out split evaluated every epoch and, with ``eval_every``, every N steps (top-1 agreement
 with the target per depth), a checkpoint at each evaluation, resume at the step where a run stopped (the
 batch order and the random state are restored, so a resumed run equals an uninterrupted one), CSV loss logs
 (TensorBoard too if it is installed), an optional wall-clock budget after which training stops at the next
@@ -25,10 +25,14 @@ import torch
 
 from harness import checkpoint as ckpt
 from harness import env
+from harness.errors import UserError
 from harness.learned import LearnedDrafter, Objective
 from harness.target import Target
 from harness.train import distributed
 from harness.train.data import FeatureData
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,13 @@ class TrainConfig:
                                          # an --init draft trained on, so its held-out top-1 is not inflated
     holdout_of: int | None = None        # draw the held-out samples as the first N samples alone would (a grown
                                          # data folder keeps the split earlier drafts were measured on)
+    precision: str = "auto"              # the loss's forward and backward: "auto" (bf16 autocast on CUDA, fp32 on
+                                         # a CPU), "fp32", or "bf16" (autocast on any device: on a CPU with AMX or
+                                         # AVX512-BF16 its matmuls run several times faster than fp32's)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
 
 PRESETS = {
@@ -104,7 +115,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
             print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']} (step {state['step']})")
     step_loss = distributed.wrap(net, objective, group) if group is not None else None
     logger = _Logger(out, enabled=main)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if target.device.type == "cuda" else contextlib.nullcontext()
+    autocast = autocast_context(config.precision, target.device)
     started = time.perf_counter() - state["seconds"]
 
     def checkpoint(where: Path | None, evaluate: bool = True) -> None:
@@ -178,6 +189,14 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
               {**state, "stopped_early": stopped_early, "stopped_by": halt, "init": init}, run_env)
     logger.close()
     return out
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the training forward and backward where ``precision`` asks for it ("auto": on CUDA only);
+    the weights and the optimizer stay fp32 either way."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def reached_plateau(evals: list[dict], patience: int | None, key: str = "top1_depth1") -> bool:
