@@ -206,7 +206,8 @@ def test_max_steps_stops_mid_epoch_with_the_schedule_decayed_to_zero(tmp_path):
 @pytest.mark.parametrize("method", ["eagle2", "hass", "coral", "fspad", "medusa", "eagle3"])
 def test_bf16_precision_trains_on_a_cpu_with_fp32_weights_and_other_numbers(tmp_path, method):
     """precision=bf16 autocasts the loss on a CPU: the run completes with finite losses, the weights and the
-    optimizer stay fp32, and the result differs from the fp32 run's (so autocast did act); unknown values are refused."""
+    optimizer stay fp32, and the result differs from the fp32 run's (so autocast did act); unknown values are
+    refused."""
     from harness.drafter import METHODS
     from safetensors.torch import load_file
 

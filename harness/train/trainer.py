@@ -2,9 +2,10 @@
 
 ``python -m harness train --method eagle2 --data DIR --out DIR [--preset cpu|gpu]``. AdamW with linear
 warm-up and linear decay, gradient clipping by value (EAGLE), bf16 autocast on CUDA and fp32 on CPU
-(``precision=bf16`` asks for bf16 autocast on a CPU too), fixed seeds, a held-out split evaluated every epoch and, with ``eval_every``, every N steps (top-1 agreement
-with the target per depth), a checkpoint at each evaluation, resume at the step where a run stopped (the
-batch order and the random state are restored, so a resumed run equals an uninterrupted one), CSV loss logs
+(``precision=bf16`` asks for bf16 autocast on a CPU too), fixed seeds, a held-out split evaluated every epoch
+and, with ``eval_every``, every N steps (top-1 agreement with the target per depth), a checkpoint at each
+evaluation, resume at the step where a run stopped (the batch order and the random state are restored, so a
+resumed run equals an uninterrupted one), CSV loss logs
 (TensorBoard too if it is installed), an optional wall-clock budget after which training stops at the next
 batch, and an optional plateau stop: ``patience`` evaluations in a row without a new best held-out depth-1
 top-1.
