@@ -57,14 +57,14 @@ def main() -> None:
         if args.minus:
             diff = paired_contrast([mine, theirs, same_cell(c, suite, temperature), same_cell(d, suite, temperature)],
                                    [1.0, -1.0, -1.0, 1.0])
-            if diff["questions"]:
-                print(f"{suite:<10} {temperature:>4g} {diff['questions']:>9}  {diff['contrast']:+.3f} "
-                      f"[{diff['lo']:+.3f}, {diff['hi']:+.3f}]  {diff['verdict']}")
-            continue
-        diff = paired_difference(mine, theirs)
+            keys = ("contrast", "lo", "hi", "verdict")
+        else:
+            diff = paired_difference(mine, theirs)
+            keys = ("tau_diff", "tau_lo", "tau_hi", "tau_verdict")
         if diff["questions"]:
-            print(f"{suite:<10} {temperature:>4g} {diff['questions']:>9}  {diff['tau_diff']:+.3f} "
-                  f"[{diff['tau_lo']:+.3f}, {diff['tau_hi']:+.3f}]  {diff['tau_verdict']}")
+            value, low, high, verdict = (diff[key] for key in keys)
+            print(f"{suite:<10} {temperature:>4g} {diff['questions']:>9}  {value:+.3f} "
+                  f"[{low:+.3f}, {high:+.3f}]  {verdict}")
 
 
 if __name__ == "__main__":
