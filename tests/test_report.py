@@ -13,7 +13,7 @@ import pytest
 from harness import metrics, runner
 from harness.errors import UserError
 from harness.records import ESTIMATORS, RowWriter, answer_file
-from harness.report import add_arguments, build, paper, run, stats
+from harness.report import add_arguments, build, paper, run, stats, tables
 from harness.report.load import combined, load_runs
 from harness.suite import SUITES, Question, Suite
 from tests.tiny import save_tiny_target
@@ -394,13 +394,34 @@ def test_published_claims_get_our_paired_verdict(tmp_path):
     claims = (out / "tables" / "claims.md").read_text()
     hass_line = next(line for line in claims.splitlines() if line.startswith("| HASS > EAGLE-2"))
     assert "| reproduced |" in hass_line and "arXiv 2408.15766" in hass_line
-    assert "| Medusa < EAGLE-2 | — |" in claims and "not measured here" in claims
+    assert "| Medusa < EAGLE-2 | τ | — |" in claims and "not measured here" in claims
     verdicts = (out / "paper_hass.md").read_text()
     assert "Our paired τ verdicts between the paper's methods" in verdicts
     with pytest.raises(UserError, match="relation"):
         bad = tmp_path / "anchors.toml"
         bad.write_text(paper.ANCHORS.read_text() + '\n[[claims]]\nclaim = "x"\nmethod = "a"\nreference = "b"\n'
                        'relation = "~"\nsource = "s"\n')
+        paper.load_anchors(bad)
+
+
+def test_a_speed_claim_is_judged_on_the_paired_speedup_of_real_decodes(tmp_path):
+    """hass writes the same tokens as eagle2 in half the wall time: above it in tokens/s."""
+    eagle = [dict(r, method="eagle2") for r in PLD]
+    hass = [dict(r, method="hass", choices=[dict(r["choices"][0], wall_time=[t / 2 for t in r["choices"][0]["wall_time"]])])
+            for r in PLD]
+    pairs = stats.paired(combined(load_runs([write_run(tmp_path / "speed", VANILLA + eagle + hass)])))
+    claim = dict(claim="HASS faster", metric="speedup", method="hass", reference="eagle2", relation=">", source="s")
+    frame = tables.claims(pairs, [claim, dict(claim, relation="<")], []).frame
+    assert list(frame.Metric) == ["speedup", "speedup"]
+    assert list(frame.Here) == ["reproduced", "contradicted"]
+    row = pairs[(pairs.method == "hass") & (pairs.reference == "eagle2")].iloc[0]
+    assert frame.iloc[0]["Δ (method − reference) [95% CI]"].startswith(f"{row.speedup_diff:+.2f}")
+    replayed = pairs.assign(speedup_diff=float("nan"))   # replayed rows have no wall time: no speed verdict
+    assert tables.claims(replayed, [claim], []).frame.empty
+    with pytest.raises(UserError, match="metric"):
+        bad = tmp_path / "anchors.toml"
+        bad.write_text(paper.ANCHORS.read_text() + '\n[[claims]]\nclaim = "x"\nmethod = "a"\nreference = "b"\n'
+                       'relation = ">"\nmetric = "accuracy"\nsource = "s"\n')
         paper.load_anchors(bad)
 
 

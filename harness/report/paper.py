@@ -24,6 +24,7 @@ from harness.report.tables import GAP, Table, estimator, signed
 ANCHORS = Path(__file__).resolve().parents[2] / "reports" / "published" / "anchors.toml"
 STATUSES = ("pending-primary", "unconfirmed", "not-reported", "unknown")
 RELATIONS = (">", ">=", "<")
+CLAIM_METRICS = ("tau", "speedup")
 
 
 def load_anchors(path: Path = ANCHORS) -> dict:
@@ -45,9 +46,9 @@ def load_anchors(path: Path = ANCHORS) -> dict:
                         raise UserError(f"{path}: {name} {row['method']}: unknown status {bad or row['status']}")
     for claim in anchors.get("claims", []):
         missing = {"claim", "method", "reference", "relation", "source"} - set(claim)
-        if missing or claim["relation"] not in RELATIONS:
-            raise UserError(f"{path}: claim {claim.get('claim', '?')}: needs claim, method, reference, source and a "
-                            f"relation in {', '.join(RELATIONS)}")
+        if missing or claim["relation"] not in RELATIONS or claim.get("metric", "tau") not in CLAIM_METRICS:
+            raise UserError(f"{path}: claim {claim.get('claim', '?')}: needs claim, method, reference, source, a "
+                            f"relation in {', '.join(RELATIONS)} and, if given, a metric in {', '.join(CLAIM_METRICS)}")
     return anchors
 
 
