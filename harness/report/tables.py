@@ -250,10 +250,8 @@ def claims(pairs: pd.DataFrame, claim_list: list[dict], runs: list[Run]) -> Tabl
     lines = []
     for claim in claim_list:
         metric = claim.get("metric", "tau")
-        found = _claim_rows(pairs, claim["method"], claim["reference"])
-        if not found:
-            lines.append([claim["claim"], METRIC_NAMES[metric], GAP, GAP, GAP, GAP, "not measured here", claim["source"]])
-        for rows, sign, note in found:
+        measured = len(lines)
+        for rows, sign, note in _claim_rows(pairs, claim["method"], claim["reference"]):
             for r in rows.itertuples():
                 diff, low, high = (getattr(r, f"{metric}_{part}", float("nan")) for part in ("diff", "lo", "hi"))
                 if pd.isna(diff):
@@ -264,12 +262,15 @@ def claims(pairs: pd.DataFrame, claim_list: list[dict], runs: list[Run]) -> Tabl
                 where = (f"{r.run}: {r.suite}" if len(runs) > 1 else r.suite) + note
                 lines.append([claim["claim"], METRIC_NAMES[metric], where, f"{r.temperature:g}", str(r.questions),
                               signed(diff, low, high) + (" ‡" if contended else ""), outcome, claim["source"]])
+        if len(lines) == measured:
+            lines.append([claim["claim"], METRIC_NAMES[metric], GAP, GAP, GAP, GAP, "not measured here",
+                          claim["source"]])
     frame = pd.DataFrame(lines, columns=["Claim", "Metric", "Suite", "T", "Questions",
                                          "Δ (method − reference) [95% CI]", "Here", "Claimed by"])
     caption = (f"Published claims (reports/published/anchors.toml [[claims]]) against our paired difference of τ, "
                f"or of speedup where the claim is about speed (real decodes only), on each suite and temperature. "
-               f"Intervals: {PAIRED_INTERVAL}. Reproduced: the whole "
-               f"interval lies on the claimed side of 0; contradicted: on the other side; for ≥, an interval "
-               f"around 0 does not contradict it; not distinguishable otherwise: more questions are needed. "
-               f"‡: some of the timed questions shared the machine with other processes.")
+               f"Intervals: {PAIRED_INTERVAL}. Reproduced: the whole interval lies on the claimed side of 0; "
+               f"contradicted: on the other side; for ≥, an interval around 0 does not contradict it; not "
+               f"distinguishable otherwise: more questions are needed. ‡: some of the timed questions shared the "
+               f"machine with other processes.")
     return Table("claims", "Published claims, tested here", caption, frame)
