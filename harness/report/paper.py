@@ -19,12 +19,11 @@ import pandas as pd
 from harness.errors import UserError
 from harness.metrics import PAIRED_INTERVAL
 from harness.records import REPLAY_SUFFIX
-from harness.report.tables import GAP, Table, estimator, signed
+from harness.report.tables import GAP, METRIC_NAMES, Table, estimator, signed
 
 ANCHORS = Path(__file__).resolve().parents[2] / "reports" / "published" / "anchors.toml"
 STATUSES = ("pending-primary", "unconfirmed", "not-reported", "unknown")
 RELATIONS = (">", ">=", "<")
-CLAIM_METRICS = ("tau", "speedup")
 
 
 def load_anchors(path: Path = ANCHORS) -> dict:
@@ -46,9 +45,9 @@ def load_anchors(path: Path = ANCHORS) -> dict:
                         raise UserError(f"{path}: {name} {row['method']}: unknown status {bad or row['status']}")
     for claim in anchors.get("claims", []):
         missing = {"claim", "method", "reference", "relation", "source"} - set(claim)
-        if missing or claim["relation"] not in RELATIONS or claim.get("metric", "tau") not in CLAIM_METRICS:
+        if missing or claim["relation"] not in RELATIONS or claim.get("metric", "tau") not in METRIC_NAMES:
             raise UserError(f"{path}: claim {claim.get('claim', '?')}: needs claim, method, reference, source, a "
-                            f"relation in {', '.join(RELATIONS)} and, if given, a metric in {', '.join(CLAIM_METRICS)}")
+                            f"relation in {', '.join(RELATIONS)} and, if given, a metric in {', '.join(METRIC_NAMES)}")
     return anchors
 
 
