@@ -16,6 +16,7 @@ import torch
 
 from harness import report
 from harness.report import curves
+from harness.train import heldout
 from harness.errors import LosslessFailure, UserError
 from harness.static_shapes import COMPILE_MODES
 
@@ -338,13 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     report_parser = sub.add_parser("report", help="tables, plots and paper tables from result folders")
     report.add_arguments(report_parser)
     curves.add_arguments(sub.add_parser("curves", help="learning curves of trained drafts: table, plot, goal check"))
+    heldout.add_arguments(sub.add_parser("heldout", help="trained drafts' held-out top-1 per sample: intervals, "
+                                         "paired gains between checkpoints"))
     sub.add_parser("list", help="registered methods and suites")
     suites_parser = sub.add_parser("suites", help="every suite with its record counts from the resolved data")
     suites_parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     handlers = {"run": _run, "list": _list, "datagen": _datagen, "train": _train,
                 "export": _export, "engine-check": _engine_check, "report": lambda args, argv: report.run(args),
-                "curves": lambda args, argv: curves.run(args),
+                "curves": lambda args, argv: curves.run(args), "heldout": lambda args, argv: heldout.run(args),
                 "suites": _suites}
     try:
         handlers[args.command](args, argv)

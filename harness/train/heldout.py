@@ -1,0 +1,129 @@
+"""``python -m harness heldout``: trained drafts measured on one held-out set, sample by sample, with intervals.
+
+The trainer logs one pooled top-1 per evaluation and no interval, so its logs cannot say whether a pass
+still improved a draft or whether one draft is above another. This command evaluates each checkpoint on
+the held-out samples its training record names (one split for all of them, refused otherwise), keeps the
+hits and positions of every sample at every depth, and reports the pooled top-1 (hits over positions) with
+a 95% percentile bootstrap interval over samples. Each checkpoint after the first is paired with the one
+listed before it: the difference, its paired interval (the same resampled samples on both sides) and a
+verdict. Listing a draft's passes in training order answers "has it stopped improving?": a last gain above
+zero means it has not reached a plateau.
+
+The weights are the saved ones (bf16), as drafting uses them. The trainer evaluated its fp32 weights in
+batches, so its logged figure can differ from this one in the third decimal.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from harness import metrics
+from harness.errors import UserError
+from harness.learned import learned
+from harness.report.curves import held_out_split, read_config
+from harness.report.render import markdown_table
+from harness.report.tables import Table, interval
+from harness.target import Target
+from harness.train.data import FeatureData
+
+
+def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Path | None) -> tuple[FeatureData, list[int]]:
+    """The data folder and held-out sample indices every checkpoint was measured on; a clear error when the
+    checkpoints' training records name different splits."""
+    splits = {held_out_split(config) for config in configs}
+    if len(splits) != 1:
+        detail = "; ".join(f"{d}: {held_out_split(c)}" for d, c in zip(directories, configs))
+        raise UserError(f"the checkpoints were evaluated on different held-out splits, so their top-1 do not "
+                        f"pair ((share, seed, holdout_from, pool, max_len): {detail})")
+    training = configs[0].get("training") or {}
+    settings = training.get("config") or {}
+    folder = data_dir or (Path(training["data"]) if training.get("data") else None)
+    if folder is None:
+        raise UserError(f"{directories[0]} records no data folder: pass --data DIR")
+    data = FeatureData(folder, max_len=settings.get("max_len", 1024), max_samples=settings.get("max_samples"))
+    _, held_out = data.split(settings.get("holdout", 0.05), settings.get("seed", 0), settings.get("holdout_from") or 0,
+                             settings.get("holdout_of"))
+    return data, held_out
+
+
+def evaluate(directory: Path, config: dict, target: Target, data: FeatureData, held_out: list[int],
+             depths: int) -> pd.DataFrame:
+    """Hits and positions of ``directory``'s draft on each held-out sample at depths 1..``depths``
+    (columns sample, depth, hits, positions), through the method's own training objective."""
+    method = learned(config.get("method", "?"), "evaluate")
+    net, _ = method.load(target, str(directory))
+    _, objective = method.training_setup(target, data, **(config.get("loss") or {}))
+    rows = []
+    with torch.no_grad():
+        for sample in held_out:
+            measured = objective.evaluate(net, data.collate([sample], target.device), depths)
+            for key, (hits, positions) in measured.items():
+                depth = int(key.removeprefix("top1_depth"))
+                if depth <= depths:
+                    rows.append({"sample": sample, "depth": depth, "hits": int(hits), "positions": int(positions)})
+    return pd.DataFrame(rows)
+
+
+def _as_cell(frame: pd.DataFrame) -> pd.DataFrame:
+    """One depth's per-sample rows in the shape metrics' pooled-ratio bootstrap reads (a top-1 is a pooled
+    ratio, hits over positions, as tau is accepted tokens over steps)."""
+    return pd.DataFrame({"question_id": frame["sample"].astype(str), "accepted": frame["hits"],
+                         "steps": frame["positions"]})
+
+
+def compare(measured: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Per checkpoint and depth: pooled top-1 with its bootstrap interval, and the paired difference from the
+    checkpoint before it (interval and verdict)."""
+    rows, previous = [], None
+    for label, frame in measured:
+        for depth, part in frame.groupby("depth"):
+            low, high = metrics.ratio_interval(part.hits, part.positions, resamples=metrics.PAIRED_RESAMPLES)
+            row = {"checkpoint": label, "depth": int(depth), "samples": len(part),
+                   "top1": part.hits.sum() / max(part.positions.sum(), 1), "lo": low, "hi": high}
+            if previous is not None and depth in previous.depth.values:
+                before = previous[previous.depth == depth]
+                pair = metrics.paired_contrast([_as_cell(part), _as_cell(before)], [1.0, -1.0])
+                row.update(gain=pair["contrast"], gain_lo=pair["lo"], gain_hi=pair["hi"], verdict=pair["verdict"])
+            rows.append(row)
+        previous = frame
+    return pd.DataFrame(rows)
+
+
+def table(results: pd.DataFrame) -> Table:
+    rows = []
+    for row in results.itertuples():
+        gain = "" if pd.isna(getattr(row, "gain", float("nan"))) else \
+            f"{interval(row.gain, row.gain_lo, row.gain_hi, 3)} {row.verdict}"
+        rows.append([row.checkpoint, str(row.depth), str(row.samples), interval(row.top1, row.lo, row.hi, 3), gain])
+    columns = ["checkpoint", "depth", "samples", "top-1 [95% CI]", "minus the checkpoint listed before it [paired 95% CI]"]
+    return Table("heldout", "Held-out top-1 against the target's greedy token",
+                 "Pooled over positions; percentile bootstrap over held-out samples (10,000 resamples); verdict: the "
+                 "paired interval above zero, below it, or not distinguishable.", pd.DataFrame(rows, columns=columns))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", type=Path, nargs="+",
+                        help="checkpoint folders written by `harness train`, in the order to pair them")
+    parser.add_argument("--data", type=Path, default=None, help="the datagen folder (default: the one the first "
+                        "checkpoint trained on)")
+    parser.add_argument("--depths", type=int, default=3, help="tree depths to measure (default 3)")
+    parser.add_argument("--target", default=None, help="the target (default: the embedded SmolLM2)")
+    parser.add_argument("--out", type=Path, default=Path("reports/heldout"),
+                        help="folder for heldout.md and the per-sample heldout.csv")
+
+
+def run(args: argparse.Namespace) -> None:
+    configs = [read_config(directory) for directory in args.checkpoints]
+    data, held_out = held_out_samples(configs, args.checkpoints, args.data)
+    target = Target.load(args.target, dtype="float32")
+    measured = [(str(d), evaluate(d, c, target, data, held_out, args.depths)) for d, c in zip(args.checkpoints, configs)]
+    results = compare(measured)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.concat([frame.assign(checkpoint=label) for label, frame in measured]).to_csv(args.out / "heldout.csv", index=False)
+    text = markdown_table(table(results))
+    (args.out / "heldout.md").write_text(f"# Held-out top-1 of {len(measured)} checkpoints on {len(held_out)} samples "
+                                         f"of {data.directory}\n\n{text}\n")
+    print(text)

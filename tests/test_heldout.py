@@ -1,0 +1,75 @@
+"""``harness heldout``: per-sample held-out top-1 of checkpoints, its intervals and paired gains."""
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from harness import cli
+from harness.errors import UserError
+from harness.target import Target
+from harness.train import heldout, trainer
+from methods.eagle2 import Eagle2
+from tests.test_hass_fspad import feature_data
+from tests.tiny import save_tiny_target
+
+SETTINGS = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.25, eval_depths=2)
+
+
+@pytest.fixture(scope="module")
+def two_passes(tmp_path_factory):
+    """A tiny target, its feature data, and an eagle2 draft trained twice (the second run from the first)."""
+    root = tmp_path_factory.mktemp("heldout")
+    target_dir = save_tiny_target(root / "target")
+    target = Target.load(target_dir, dtype="float32")
+    data = feature_data(target, root / "data", samples=16)
+    first = trainer.train(Eagle2, target, data, root / "first", SETTINGS)
+    second = trainer.train(Eagle2, target, data, root / "second", SETTINGS, init=first)
+    return target_dir, target, data, first, second
+
+
+def test_sample_by_sample_totals_equal_the_trainers_batched_evaluation(two_passes):
+    _, target, data, first, _ = two_passes
+    config = json.loads((first / "config.json").read_text())
+    data_used, held_out = heldout.held_out_samples([config], [first], None)
+    assert held_out == data.split(SETTINGS.holdout, SETTINGS.seed)[1] and len(held_out) == 4
+    per_sample = heldout.evaluate(first, config, target, data_used, held_out, depths=2)
+    assert sorted(per_sample["sample"].unique()) == sorted(held_out)
+
+    net, _ = Eagle2.load(target, str(first))
+    _, objective = Eagle2.training_setup(target, data_used, **config["loss"])
+    batched = trainer._evaluate(objective, net, data_used, held_out, dataclasses.replace(SETTINGS, eval_depths=2),
+                                target.device)
+    for depth, part in per_sample.groupby("depth"):
+        assert part.hits.sum() / part.positions.sum() == pytest.approx(batched[f"top1_depth{depth}"])
+
+
+def test_a_gain_is_paired_over_samples_and_judged_by_its_interval():
+    before = pd.DataFrame({"sample": range(30), "depth": 1, "hits": [5 + i % 3 for i in range(30)], "positions": 20})
+    better = before.assign(hits=before.hits + 2)
+    same = heldout.compare([("a", before), ("b", before)])
+    assert same.loc[1, "gain"] == 0 and same.loc[1, "verdict"] == "not distinguishable"
+    assert pd.isna(same.loc[0].get("gain"))   # the first checkpoint has nothing before it
+    up = heldout.compare([("a", before), ("b", better)]).loc[1]
+    assert up["gain"] == pytest.approx(2 / 20) and up["verdict"] == "above" and up["gain_lo"] > 0
+    assert heldout.compare([("b", better), ("a", before)]).loc[1, "verdict"] == "below"
+    assert up["lo"] <= up["top1"] <= up["hi"]
+
+
+def test_checkpoints_measured_on_other_held_out_samples_are_refused(two_passes):
+    _, _, _, first, second = two_passes
+    configs = [json.loads((d / "config.json").read_text()) for d in (first, second)]
+    configs[1]["training"]["config"]["holdout_from"] = 3
+    with pytest.raises(UserError, match="different held-out splits"):
+        heldout.held_out_samples(configs, [first, second], None)
+
+
+def test_the_command_writes_the_table_and_the_per_sample_rows(two_passes, tmp_path, capsys):
+    target_dir, _, _, first, second = two_passes
+    assert cli.main(["heldout", str(first), str(second), "--target", target_dir, "--depths", "2",
+                     "--out", str(tmp_path / "out")]) == 0
+    rows = pd.read_csv(tmp_path / "out" / "heldout.csv")
+    assert set(rows.checkpoint) == {str(first), str(second)} and set(rows.depth) == {1, 2} and len(rows) == 2 * 2 * 4
+    text = (tmp_path / "out" / "heldout.md").read_text()
+    assert "minus the checkpoint listed before it" in text and str(second) in capsys.readouterr().out
+    assert cli.main(["heldout", str(tmp_path / "nothing")]) == 2
