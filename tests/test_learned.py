@@ -28,14 +28,18 @@ def tiny_loss(cls) -> dict:
     return {"num_groups": 10, "always_on": 12} if "num_groups" in cls.loss_config() else {}
 
 
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-file", "sharded"])
 @pytest.mark.parametrize("method", LEARNED)
-def test_a_trained_checkpoint_is_read_back_by_drafting_and_by_a_warm_start(method, tmp_path):
+def test_a_trained_checkpoint_is_read_back_by_drafting_and_by_a_warm_start(method, sharded, tmp_path, monkeypatch):
+    if sharded:   # a draft over the per-file size is split, as a large vocabulary's draft is
+        monkeypatch.setattr(ckpt, "MAX_FILE_BYTES", 2048)
     target = tiny_target("llama")
     cls = learned(method, "train")
     trained = perturbed(cls.training_setup(target, **tiny_loss(cls))[0])
     config = {"method": method, "target": target.fingerprint(), "architecture": cls.architecture(trained),
               "loss": cls.loss_config(**tiny_loss(cls))}
     ckpt.save(tmp_path / "draft", trained.state_dict(), config, dtype=torch.float32)
+    assert (tmp_path / "draft" / ckpt.INDEX).is_file() == sharded != (tmp_path / "draft" / ckpt.WEIGHTS).is_file()
     drafter = cls(target, checkpoint=str(tmp_path / "draft"))
     assert drafter.draft_config["architecture"] == cls.architecture(drafter.net) == config["architecture"]
     again = cls.training_setup(target, **tiny_loss(cls))[0]
@@ -43,6 +47,23 @@ def test_a_trained_checkpoint_is_read_back_by_drafting_and_by_a_warm_start(metho
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(drafter.net.state_dict()[key], value.to(drafter.net.state_dict()[key].dtype))
         torch.testing.assert_close(again.state_dict()[key], value)
+
+
+def test_a_resave_leaves_no_stale_weight_files_and_a_missing_shard_is_named(tmp_path, monkeypatch):
+    tensors = {f"w{i}": torch.full((32, 32), float(i)) for i in range(4)}   # 4 KiB each in fp32
+    config = {"method": "eagle2", "target": {}}
+    monkeypatch.setattr(ckpt, "MAX_FILE_BYTES", 5000)
+    ckpt.save(tmp_path, tensors, config, dtype=torch.float32)
+    shards = sorted(p.name for p in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) == 4 and ckpt.load(tmp_path, "eagle2", {})[0]["w3"][0, 0] == 3.0
+    monkeypatch.setattr(ckpt, "MAX_FILE_BYTES", 10**6)
+    ckpt.save(tmp_path, tensors, config, dtype=torch.float32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    monkeypatch.setattr(ckpt, "MAX_FILE_BYTES", 5000)
+    ckpt.save(tmp_path, tensors, config, dtype=torch.float32)
+    (tmp_path / shards[2]).unlink()
+    with pytest.raises(UserError, match=f"missing {shards[2]}"):
+        ckpt.load(tmp_path, "eagle2", {})
 
 
 @pytest.mark.parametrize("method", LEARNED)
