@@ -54,6 +54,9 @@ def test_a_gain_is_paired_over_samples_and_judged_by_its_interval():
     assert up["gain"] == pytest.approx(2 / 20) and up["verdict"] == "above" and up["gain_lo"] > 0
     assert heldout.compare([("b", better), ("a", before)]).loc[1, "verdict"] == "below"
     assert up["lo"] <= up["top1"] <= up["hi"]
+    against_first = heldout.compare([("a", before), ("b", better), ("c", better)], versus="first")
+    assert list(against_first.gain[1:]) == pytest.approx([0.1, 0.1])   # c against a, not against b
+    assert heldout.compare([("a", before), ("b", better), ("c", better)]).loc[2, "gain"] == 0
 
 
 def test_checkpoints_measured_on_other_held_out_samples_are_refused(two_passes):

@@ -5,8 +5,8 @@ still improved a draft or whether one draft is above another. This command evalu
 the held-out samples its training record names (one split for all of them, refused otherwise), keeps the
 hits and positions of every sample at every depth, and reports the pooled top-1 (hits over positions) with
 a 95% percentile bootstrap interval over samples. Each checkpoint after the first is paired with the one
-listed before it: the difference, its paired interval (the same resampled samples on both sides) and a
-verdict. Listing a draft's passes in training order answers "has it stopped improving?": a last gain above
+listed before it (or, with ``--versus first``, with the first one): the difference, its paired interval (the
+same resampled samples on both sides) and a verdict. Listing a draft's passes in training order answers "has it stopped improving?": a last gain above
 zero means it has not reached a plateau.
 
 The weights are the saved ones (bf16), as drafting uses them. The trainer evaluated its fp32 weights in
@@ -74,9 +74,10 @@ def _as_cell(frame: pd.DataFrame) -> pd.DataFrame:
                          "steps": frame["positions"]})
 
 
-def compare(measured: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Per checkpoint and depth: pooled top-1 with its bootstrap interval, and the paired difference from the
-    checkpoint before it (interval and verdict)."""
+def compare(measured: list[tuple[str, pd.DataFrame]], versus: str = "previous") -> pd.DataFrame:
+    """Per checkpoint and depth: pooled top-1 with its bootstrap interval, and the paired difference (interval
+    and verdict) from the checkpoint listed before it (``versus="previous"``: a draft's passes) or from the
+    first one listed (``"first"``: other drafts against one reference)."""
     rows, previous = [], None
     for label, frame in measured:
         for depth, part in frame.groupby("depth"):
@@ -88,17 +89,18 @@ def compare(measured: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
                 pair = metrics.paired_contrast([_as_cell(part), _as_cell(before)], [1.0, -1.0])
                 row.update(gain=pair["contrast"], gain_lo=pair["lo"], gain_hi=pair["hi"], verdict=pair["verdict"])
             rows.append(row)
-        previous = frame
+        previous = frame if versus == "previous" or previous is None else previous
     return pd.DataFrame(rows)
 
 
-def table(results: pd.DataFrame) -> Table:
+def table(results: pd.DataFrame, versus: str) -> Table:
     rows = []
     for row in results.itertuples():
         gain = "" if pd.isna(getattr(row, "gain", float("nan"))) else \
             f"{interval(row.gain, row.gain_lo, row.gain_hi, 3)} {row.verdict}"
         rows.append([row.checkpoint, str(row.depth), str(row.samples), interval(row.top1, row.lo, row.hi, 3), gain])
-    columns = ["checkpoint", "depth", "samples", "top-1 [95% CI]", "minus the checkpoint listed before it [paired 95% CI]"]
+    against = "the checkpoint listed before it" if versus == "previous" else "the first checkpoint"
+    columns = ["checkpoint", "depth", "samples", "top-1 [95% CI]", f"minus {against} [paired 95% CI]"]
     return Table("heldout", "Held-out top-1 against the target's greedy token",
                  "Pooled over positions; percentile bootstrap over held-out samples (10,000 resamples); verdict: the "
                  "paired interval above zero, below it, or not distinguishable.", pd.DataFrame(rows, columns=columns))
@@ -109,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint folders written by `harness train`, in the order to pair them")
     parser.add_argument("--data", type=Path, default=None, help="the datagen folder (default: the one the first "
                         "checkpoint trained on)")
+    parser.add_argument("--versus", choices=("previous", "first"), default="previous",
+                        help="pair each checkpoint with the one listed before it (a draft's passes, in order) or "
+                             "with the first one listed (drafts against a reference)")
     parser.add_argument("--depths", type=int, default=3, help="tree depths to measure (default 3)")
     parser.add_argument("--target", default=None, help="the target (default: the embedded SmolLM2)")
     parser.add_argument("--out", type=Path, default=Path("reports/heldout"),
@@ -120,10 +125,10 @@ def run(args: argparse.Namespace) -> None:
     data, held_out = held_out_samples(configs, args.checkpoints, args.data)
     target = Target.load(args.target, dtype="float32")
     measured = [(str(d), evaluate(d, c, target, data, held_out, args.depths)) for d, c in zip(args.checkpoints, configs)]
-    results = compare(measured)
+    results = compare(measured, args.versus)
     args.out.mkdir(parents=True, exist_ok=True)
     pd.concat([frame.assign(checkpoint=label) for label, frame in measured]).to_csv(args.out / "heldout.csv", index=False)
-    text = markdown_table(table(results))
+    text = markdown_table(table(results, args.versus))
     (args.out / "heldout.md").write_text(f"# Held-out top-1 of {len(measured)} checkpoints on {len(held_out)} samples "
                                          f"of {data.directory}\n\n{text}\n")
     print(text)
