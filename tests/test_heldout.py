@@ -76,3 +76,11 @@ def test_the_command_writes_the_table_and_the_per_sample_rows(two_passes, tmp_pa
     text = (tmp_path / "out" / "heldout.md").read_text()
     assert "minus the checkpoint listed before it" in text and str(second) in capsys.readouterr().out
     assert cli.main(["heldout", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_split_drawn_from_the_first_samples_reads_only_those(two_passes):
+    _, _, data, first, _ = two_passes
+    config = json.loads((first / "config.json").read_text())
+    config["training"]["config"].update(holdout_of=8, holdout_from=2)
+    read, held_out = heldout.held_out_samples([config], [first], None)
+    assert len(read.samples) == 8 and held_out == data.split(SETTINGS.holdout, SETTINGS.seed, 2, 8)[1]

@@ -43,7 +43,9 @@ def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Pat
     folder = data_dir or (Path(training["data"]) if training.get("data") else None)
     if folder is None:
         raise UserError(f"{directories[0]} records no data folder: pass --data DIR")
-    data = FeatureData(folder, max_len=settings.get("max_len", 1024), max_samples=settings.get("max_samples"))
+    # The held-out samples are drawn among the first ``holdout_of`` samples when it is set: only those are read.
+    data = FeatureData(folder, max_len=settings.get("max_len", 1024),
+                       max_samples=settings.get("holdout_of") or settings.get("max_samples"))
     _, held_out = data.split(settings.get("holdout", 0.05), settings.get("seed", 0), settings.get("holdout_from") or 0,
                              settings.get("holdout_of"))
     return data, held_out
