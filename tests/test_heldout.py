@@ -6,12 +6,16 @@ import pandas as pd
 import pytest
 
 from harness import cli
+from harness import checkpoint as ckpt
 from harness.errors import UserError
+from harness.learned import learned
 from harness.target import Target
 from harness.train import heldout, trainer
 from methods.eagle2 import Eagle2
 from tests.test_hass_fspad import feature_data
-from tests.tiny import save_tiny_target
+from tests.test_eagle3 import layer_data
+from tests.test_learned import LEARNED, tiny_loss
+from tests.tiny import save_tiny_target, tiny_target
 
 SETTINGS = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.25, eval_depths=2)
 
@@ -84,3 +88,19 @@ def test_a_split_drawn_from_the_first_samples_reads_only_those(two_passes):
     config["training"]["config"].update(holdout_of=8, holdout_from=2)
     read, held_out = heldout.held_out_samples([config], [first], None)
     assert len(read.samples) == 8 and held_out == data.split(SETTINGS.holdout, SETTINGS.seed, 2, 8)[1]
+
+
+@pytest.mark.parametrize("method", LEARNED)
+def test_every_learned_drafter_is_measured_per_sample_at_the_depths_asked(method, tmp_path):
+    """Through each method's own objective, whatever other figures it reports (CORAL's router recall)."""
+    target = tiny_target("llama")
+    cls = learned(method, "train")
+    small_vocab = "draft_vocab" in cls.loss_config()   # EAGLE-3's draft vocabulary, within the tiny 96 tokens
+    data = (layer_data if small_vocab else feature_data)(target, tmp_path / "data")
+    loss = cls.loss_config(**tiny_loss(cls), **({"draft_vocab": 40} if small_vocab else {}))
+    net = cls.training_setup(target, data, **loss)[0]
+    config = {"method": method, "target": target.fingerprint(), "architecture": cls.architecture(net), "loss": loss}
+    ckpt.save(tmp_path / "draft", net.state_dict(), config)
+    frame = heldout.evaluate(tmp_path / "draft", config, target, data, [0, 1], depths=2)
+    assert sorted(set(zip(frame["sample"], frame.depth))) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert (frame.positions > 0).all() and (frame.hits <= frame.positions).all()

@@ -62,10 +62,10 @@ def evaluate(directory: Path, config: dict, target: Target, data: FeatureData, h
     with torch.no_grad():
         for sample in held_out:
             measured = objective.evaluate(net, data.collate([sample], target.device), depths)
-            for key, (hits, positions) in measured.items():
-                depth = int(key.removeprefix("top1_depth"))
-                if depth <= depths:
-                    rows.append({"sample": sample, "depth": depth, "hits": int(hits), "positions": int(positions)})
+            for key, (hits, positions) in measured.items():   # other figures (CORAL's router recall) are skipped
+                if key.startswith("top1_depth") and int(key.removeprefix("top1_depth")) <= depths:
+                    rows.append({"sample": sample, "depth": int(key.removeprefix("top1_depth")), "hits": int(hits),
+                                 "positions": int(positions)})
     return pd.DataFrame(rows)
 
 
