@@ -3,6 +3,7 @@
 A draft larger than ``MAX_FILE_BYTES`` is written in shards (``model-00001-of-00002.safetensors`` ... and
 ``model.safetensors.index.json``, the layout Hugging Face models use), so every file fits this repository's
 20 MB limit and committed drafts need no external storage.
+
 Loading checks the fingerprint against the target, so a draft trained for one model is refused
 for another with a message that names both, instead of producing garbage drafts.
 """

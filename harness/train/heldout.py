@@ -6,8 +6,8 @@ the held-out samples its training record names (one split for all of them, refus
 hits and positions of every sample at every depth, and reports the pooled top-1 (hits over positions) with
 a 95% percentile bootstrap interval over samples. Each checkpoint after the first is paired with the one
 listed before it (or, with ``--versus first``, with the first one): the difference, its paired interval (the
-same resampled samples on both sides) and a verdict. Listing a draft's passes in training order answers "has it stopped improving?": a last gain above
-zero means it has not reached a plateau.
+same resampled samples on both sides) and a verdict. Listing a draft's passes in training order answers "has
+it stopped improving?": a last gain above zero means it has not reached a plateau.
 
 The weights are the saved ones (bf16), as drafting uses them. The trainer evaluated its fp32 weights in
 batches, so its logged figure can differ from this one in the third decimal.
@@ -62,10 +62,10 @@ def evaluate(directory: Path, config: dict, target: Target, data: FeatureData, h
     with torch.no_grad():
         for sample in held_out:
             measured = objective.evaluate(net, data.collate([sample], target.device), depths)
-            for key, (hits, positions) in measured.items():   # other figures (CORAL's router recall) are skipped
-                if key.startswith("top1_depth") and int(key.removeprefix("top1_depth")) <= depths:
-                    rows.append({"sample": sample, "depth": int(key.removeprefix("top1_depth")), "hits": int(hits),
-                                 "positions": int(positions)})
+            for key, (hits, positions) in measured.items():
+                depth = key.removeprefix("top1_depth")   # other figures (CORAL's router recall) are skipped
+                if depth.isdigit() and int(depth) <= depths:
+                    rows.append({"sample": sample, "depth": int(depth), "hits": int(hits), "positions": int(positions)})
     return pd.DataFrame(rows)
 
 
@@ -91,7 +91,8 @@ def compare(measured: list[tuple[str, pd.DataFrame]], versus: str = "previous") 
                 pair = metrics.paired_contrast([_as_cell(part), _as_cell(before)], [1.0, -1.0])
                 row.update(gain=pair["contrast"], gain_lo=pair["lo"], gain_hi=pair["hi"], verdict=pair["verdict"])
             rows.append(row)
-        previous = frame if versus == "previous" or previous is None else previous
+        if versus == "previous" or previous is None:
+            previous = frame
     return pd.DataFrame(rows)
 
 
