@@ -4,6 +4,8 @@ Builds the method's training net on DATA with the given loss options, warm-start
 a draft can be read into another draft vocabulary: `--loss draft_vocab=16384` for an EAGLE-3 draft) and
 evaluates the trainer's held-out split (same `holdout`, `seed`, `holdout_from` and `max_samples` as the
 training run, via `--set`) at `eval_depths` depths. One thread unless OMP_NUM_THREADS says otherwise.
+For checkpoints as they were trained, `python -m harness heldout` reads the split from their records and adds
+intervals and paired differences; this script is for a draft carried into another network first.
 
 Usage: python benchmarks/heldout_top1.py --method eagle3 --checkpoint DIR --data DIR [--loss k=v ...]
        [--set holdout_from=1024 --set max_samples=2624 ...]
