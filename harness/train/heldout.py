@@ -15,6 +15,7 @@ batches, so its logged figure can differ from this one in the third decimal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,7 @@ from harness.report.render import markdown_table
 from harness.report.tables import Table, interval
 from harness.target import Target
 from harness.train.data import FeatureData
+from harness.train.trainer import TrainConfig
 
 
 def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Path | None) -> tuple[FeatureData, list[int]]:
@@ -39,15 +41,14 @@ def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Pat
         raise UserError(f"the checkpoints were evaluated on different held-out splits, so their top-1 do not "
                         f"pair ((share, seed, holdout_from, pool, max_len): {detail})")
     training = configs[0].get("training") or {}
-    settings = training.get("config") or {}
+    recorded = training.get("config") or {}   # older records lack later settings: those take today's defaults
+    settings = TrainConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(TrainConfig) if f.name in recorded})
     folder = data_dir or (Path(training["data"]) if training.get("data") else None)
     if folder is None:
         raise UserError(f"{directories[0]} records no data folder: pass --data DIR")
     # The held-out samples are drawn among the first ``holdout_of`` samples when it is set: only those are read.
-    data = FeatureData(folder, max_len=settings.get("max_len", 1024),
-                       max_samples=settings.get("holdout_of") or settings.get("max_samples"))
-    _, held_out = data.split(settings.get("holdout", 0.05), settings.get("seed", 0), settings.get("holdout_from") or 0,
-                             settings.get("holdout_of"))
+    data = FeatureData(folder, max_len=settings.max_len, max_samples=settings.holdout_of or settings.max_samples)
+    _, held_out = data.split(settings.holdout, settings.seed, settings.holdout_from, settings.holdout_of)
     return data, held_out
 
 
