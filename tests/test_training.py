@@ -6,6 +6,7 @@ import json
 import math
 import random
 
+import pandas as pd
 import pytest
 import torch
 from safetensors import safe_open
@@ -271,10 +272,16 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_ends_as_an_uninterrupt
     trainer.train(Eagle2, target, data, parts, dataclasses.replace(settings, time_budget_s=1e-9), loss)
     first = json.loads((parts / "config.json").read_text())["training"]
     assert first["steps"] == 1 and first["stopped_by"] == "budget" and first["epochs_done"] == 0
+    # A run killed before its next checkpoint had logged steps its saved state never reached.
+    train_log, eval_log = parts / "train_log.csv", parts / "eval_log.csv"
+    lines = train_log.read_text().splitlines()
+    train_log.write_text("\n".join(lines + [lines[-1].replace("1,", "2,", 1)]) + "\n")
+    eval_log.write_text(eval_log.read_text() + eval_log.read_text().splitlines()[-1].replace("1,1,", "1,2,", 1) + "\n")
     trainer.train(Eagle2, target, data, parts, settings, loss)
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(parts / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert len((parts / "train_log.csv").read_text().splitlines()) == 1 + 6
+    assert pd.read_csv(train_log)["step"].tolist() == pd.read_csv(whole / "train_log.csv")["step"].tolist()
+    assert pd.read_csv(eval_log)["step"].tolist() == [1, 2, 3, 4, 6]   # the budget stop's evaluation, then the rest
 
 
 def test_training_stops_at_a_plateau_of_the_held_out_top1(tmp_path):

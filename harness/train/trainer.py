@@ -115,7 +115,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
         if main:
             print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']} (step {state['step']})")
     step_loss = distributed.wrap(net, objective, group) if group is not None else None
-    logger = _Logger(out, enabled=main)
+    logger = _Logger(out, enabled=main, resumed_at=state["step"] if saved is not None else None)
     autocast = autocast_context(config.precision, target.device)
     started = time.perf_counter() - state["seconds"]
 
@@ -192,6 +192,21 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
     return out
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Rewrite a log without its rows past ``step``, so each step appears once, as the resumed run made it."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    kept = [row for row in rows if int(row["step"]) <= step]
+    if len(kept) < len(rows):
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=reader.fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast for the training forward and backward where ``precision`` asks for it ("auto": on CUDA only);
     the weights and the optimizer stay fp32 either way."""
@@ -251,11 +266,15 @@ def _save(method_cls: type[LearnedDrafter], net: torch.nn.Module, target: Target
 class _Logger:
     """train_log.csv (every step) and eval_log.csv (every epoch); TensorBoard when installed."""
 
-    def __init__(self, out: Path, enabled: bool = True) -> None:
-        """``enabled=False`` (ranks other than 0) writes nothing."""
+    def __init__(self, out: Path, enabled: bool = True, resumed_at: int | None = None) -> None:
+        """``enabled=False`` (ranks other than 0) writes nothing. ``resumed_at``: the step a resumed run starts
+        after; a killed run logged steps past its last saved state, which the resumed run logs again."""
         self.out, self.enabled = out, enabled
         self.files: dict[str, tuple] = {}
         self.board = None
+        if enabled and resumed_at is not None:
+            for name in ("train_log.csv", "eval_log.csv"):
+                _drop_rows_after(out / name, resumed_at)
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
