@@ -264,7 +264,8 @@ def _save(method_cls: type[LearnedDrafter], net: torch.nn.Module, target: Target
 
 
 class _Logger:
-    """train_log.csv (every step) and eval_log.csv (every epoch); TensorBoard when installed."""
+    """train_log.csv (every step) and eval_log.csv (every evaluation: each epoch's end and every ``eval_every`` steps);
+    TensorBoard when installed."""
 
     def __init__(self, out: Path, enabled: bool = True, resumed_at: int | None = None) -> None:
         """``enabled=False`` (ranks other than 0) writes nothing. ``resumed_at``: the step a resumed run starts
