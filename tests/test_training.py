@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -282,6 +283,53 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_ends_as_an_uninterrupt
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert pd.read_csv(train_log)["step"].tolist() == pd.read_csv(whole / "train_log.csv")["step"].tolist()
     assert pd.read_csv(eval_log)["step"].tolist() == [1, 2, 3, 4, 6]   # the budget stop's evaluation, then the rest
+
+
+class _Killed(Exception):
+    """Stands for the process being killed (a session's end) in the middle of a save."""
+
+
+def test_a_run_killed_while_saving_its_state_resumes_from_the_one_before(tmp_path, monkeypatch):
+    """The resume state is replaced only once the new one is whole, so a run killed mid-save resumes from its
+    previous checkpoint and still ends as an uninterrupted run; a state file that cannot be read is refused
+    with a message saying what it holds."""
+    import io
+
+    from safetensors.torch import load_file
+
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")        # 11 training samples: 3 steps per epoch at batch 4
+    settings = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=1,
+                                   eval_every=2)
+    whole = trainer.train(Eagle2, target, data, tmp_path / "whole", settings)
+
+    real_save, saves = torch.save, []
+
+    def killed_during_the_second_save(obj, path):
+        saves.append(path)
+        if len(saves) < 2:
+            return real_save(obj, path)
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        Path(path).write_bytes(buffer.getvalue()[:buffer.tell() // 2])
+        raise _Killed
+
+    monkeypatch.setattr(trainer.torch, "save", killed_during_the_second_save)
+    parts = tmp_path / "parts"
+    with pytest.raises(_Killed):
+        trainer.train(Eagle2, target, data, parts, settings)
+    monkeypatch.setattr(trainer.torch, "save", real_save)
+    assert torch.load(parts / "trainer_state.pt", weights_only=False)["state"]["step"] == 2
+    trainer.train(Eagle2, target, data, parts, settings)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(parts / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    (parts / "trainer_state.pt").write_bytes(b"not a state")
+    with pytest.raises(UserError, match="trainer_state.pt cannot be read .* move it away"):
+        trainer.train(Eagle2, target, data, parts, settings)
 
 
 def test_training_stops_at_a_plateau_of_the_held_out_top1(tmp_path):

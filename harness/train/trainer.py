@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import os
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -101,7 +103,7 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
         out.mkdir(parents=True, exist_ok=True)
     state_path = out / "trainer_state.pt"
     state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "seconds": 0.0, "evals": []}
-    saved = torch.load(state_path, weights_only=False) if main and state_path.is_file() else None
+    saved = _load_state(state_path) if main and state_path.is_file() else None
     if group is not None:
         saved = distributed.from_main(saved)
     if saved is not None:
@@ -132,9 +134,9 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
                 print(f"step {state['step']}: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()))
             if where is not None:
                 _save(method_cls, net, target, where, data, config, loss_options, {**state, "init": init}, run_env)
-            torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "state": state, "rng": torch.get_rng_state(),
-                        "py_rng": random.getstate()}, state_path)
+            _save_state({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "state": state, "rng": torch.get_rng_state(),
+                         "py_rng": random.getstate()}, state_path)
         if group is not None:
             distributed.barrier()   # the others wait while rank 0 evaluates and saves
 
@@ -190,6 +192,22 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
               {**state, "stopped_early": stopped_early, "stopped_by": halt, "init": init}, run_env)
     logger.close()
     return out
+
+
+def _save_state(state: dict, path: Path) -> None:
+    """Write the resume state beside ``path``, then rename it over: a run killed while saving (a session's end
+    can come at any moment) keeps its previous state instead of a truncated file."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise UserError(f"{path} cannot be read ({str(error)[:120]}); it holds the resume state of this run: move "
+                        f"it away to start the run over from step 0") from None
 
 
 def _drop_rows_after(path: Path, step: int) -> None:
