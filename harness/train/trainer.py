@@ -203,6 +203,7 @@ def _save_state(state: dict, path: Path) -> None:
 
 
 def _load_state(path: Path) -> dict:
+    """The resume state, or a message saying what the unreadable file is (not a stack trace from pickle)."""
     try:
         return torch.load(path, weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
