@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import os
 import pickle
 import random
 import time
@@ -197,9 +196,9 @@ def train(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, o
 def _save_state(state: dict, path: Path) -> None:
     """Write the resume state beside ``path``, then rename it over: a run killed while saving (a session's end
     can come at any moment) keeps its previous state instead of a truncated file."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    tmp = path.with_suffix(".tmp")   # as datagen writes its shards
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def _load_state(path: Path) -> dict:
