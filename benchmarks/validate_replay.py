@@ -4,9 +4,11 @@ lengths of the real rows in the same run folder, step for step?
     python benchmarks/validate_replay.py RUN [RUN ...] [--real REAL_RUN ...]
 
 For every cell ``<method>-replay`` of a run folder and the real cell ``<method>`` beside it (or in the
-matching ``--real`` folder, the n-th for the n-th run) it prints the questions and steps whose
-accept lengths agree, both taus, and whether the real rows kept vanilla's tokens; then each question that
-differs: the turn, the first step that differs and the accept lengths from there on.
+matching ``--real`` folder, the n-th for the n-th run), at each temperature, it prints the questions and
+steps whose accept lengths agree, both taus, and whether the real rows' text is the text replayed (the
+replay folder's vanilla rows); then each question that differs: the turn, the first step that differs and
+the accept lengths from there on. At T = 0 the replayed text is vanilla's; at T > 0 a real decode samples
+its own text, so replay it along that text (benchmarks/own_text_replay.py) and compare it here.
 """
 from __future__ import annotations
 
@@ -63,23 +65,25 @@ def main() -> None:
     reals = args.real or args.runs
     if len(reals) != len(args.runs):
         parser.error("give one --real folder per run")
-    header = ("| suite | method | questions equal | steps equal | tau real | tau replay | real kept vanilla's text |\n"
-              "|---|---|---|---|---|---|---|")
+    header = ("| suite | T | method | questions equal | steps equal | tau real | tau replay | real text = text replayed |\n"
+              "|---|---|---|---|---|---|---|---|")
     lines, details = [header], []
     for run, real_run in zip(args.runs, reals):
-        for replay_file in sorted(run.glob(f"answers/*/*{SUFFIX}-temperature-0.jsonl")):
-            method = replay_file.name.removesuffix(f"{SUFFIX}-temperature-0.jsonl")
+        for replay_file in sorted(run.glob(f"answers/*/*{SUFFIX}-temperature-*.jsonl")):
+            method, temperature = replay_file.name.removesuffix(".jsonl").split(f"{SUFFIX}-temperature-")
             suite = replay_file.parent.name
-            real_file = real_run / "answers" / suite / f"{method}-temperature-0.jsonl"
-            vanilla_file = real_file.with_name("vanilla-temperature-0.jsonl")
+            real_file = real_run / "answers" / suite / f"{method}-temperature-{temperature}.jsonl"
+            vanilla_file = replay_file.with_name(f"vanilla-temperature-{temperature}.jsonl")
+            if not vanilla_file.is_file():
+                vanilla_file = real_file.with_name(vanilla_file.name)
             if not real_file.is_file():
                 continue
             c, notes = compare(read_rows(real_file), read_rows(replay_file), read_rows(vanilla_file))
-            lines.append(f"| {suite} | {method} | {c['same_questions']}/{c['questions']} | "
+            lines.append(f"| {suite} | {temperature} | {method} | {c['same_questions']}/{c['questions']} | "
                          f"{c['same_steps']}/{c['steps']} | {c['real_tokens'] / max(c['real_steps'], 1):.3f} | "
                          f"{c['replay_tokens'] / max(c['replay_steps'], 1):.3f} | "
                          f"{c['real_kept_vanilla']}/{c['questions']} |")
-            details += [f"- {suite} {method}: {note}" for note in notes]
+            details += [f"- {suite} T={temperature} {method}: {note}" for note in notes]
     print("\n".join(lines))
     if details:
         print("\nQuestions whose accept lengths differ:\n" + "\n".join(details))

@@ -93,8 +93,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="run questions on N Ray workers, one device each (needs pip install -e '.[cluster]')")
     p.add_argument("--cluster", default=None, help="address of a running Ray cluster (default: start Ray here)")
     p.add_argument("--replay", action="store_true",
-                   help="T = 0 only: replay every method but the baseline from its answers (exact accept "
-                        "lengths, no timing; cells <method>-replay); see docs/reports.md#replay")
+                   help="replay every method but the baseline along its answers: exact accept lengths at T = 0, "
+                        "exact in distribution at T > 0 (no timing; cells <method>-replay); see docs/reports.md#replay")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> None:

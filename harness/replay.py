@@ -1,4 +1,4 @@
-"""Replay: a method's exact accept lengths at T = 0 without decoding, from vanilla's answers.
+"""Replay: a method's exact accept lengths without decoding, along the baseline's (vanilla's) answers.
 
 At T = 0 a lossless method emits vanilla's tokens, so what its target forwards would say is known in
 advance: one teacher-forced forward over prompt + vanilla's answer gives the features at every
@@ -6,14 +6,24 @@ position. ``ReplayTarget`` stands in for ``Target`` behind the decoding loop's o
 score_tree, commit), so the loop, the verifier and the drafters run unchanged and the accounting
 (stop tokens, the max_new_tokens cut, max_len, turns) has one owner. A tree node lies on the
 continuation when its tokens from the root equal vanilla's next tokens; such a node gets the
-teacher-forced features of its position and, as logits, the one-hot of vanilla's token after it, so
-the greedy verifier accepts exactly the longest tree path along the continuation plus the bonus token.
-A node off the continuation can never be accepted at T = 0 (its parent's argmax is the continuation's
-token), so it gets zeros; drafters only read the outputs of accepted nodes. Past the end of vanilla's
-answer the continuation is unknown and every node counts as off it; the loop's own cut (stop token,
-budget) ends the turn there first. Floating point is the one difference from real decoding: the
-features come from one long forward instead of the prefill and tree forwards, so a draft's choice
-between near-tied tokens can differ (benchmarks/validate_replay.py measures it).
+teacher-forced features of its position and, as logits, a hard one-hot of vanilla's token after it
+(0 there, -inf elsewhere), so the verifier accepts exactly the longest tree path along the continuation
+plus the bonus token, at any temperature. A node off the continuation can never be on that path, so it
+gets zeros; drafters only read the outputs of accepted nodes. Past the end of vanilla's answer the
+continuation is unknown and every node counts as off it; the loop's own cut (stop token, budget) ends
+the turn there first. Floating point is the one difference from real decoding: the features come from
+one long forward instead of the prefill and tree forwards, so a draft's choice between near-tied tokens
+can differ (benchmarks/validate_replay.py measures it).
+
+At T > 0 replay is exact in distribution, not token for token. With deterministic drafts (point masses,
+``tree.q is None``: every drafter here) the verifier's rule (harness/verify.py) draws each emitted token
+from the target's p, and a child is accepted exactly when its token is the one emitted (a rejected child
+is removed from the residual, so it can never be emitted later). Given the text, the accept lengths are
+therefore a fixed function of it, and the text has the target's law whatever the draft: vanilla's sampled
+answer is a draw of the text every lossless method would emit, and replaying a method along it gives that
+draw's accept lengths. All methods replayed along one vanilla answer share the text (common random
+numbers), so their paired differences lose the noise of each method sampling its own text. Sampled drafts
+(``tree.q`` set: acceptance is random given the text) are refused.
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ SUFFIX = REPLAY_SUFFIX   # replayed cells and rows are labelled <method>-replay
 
 
 class ReplayTarget:
-    """The decoding loop's target at T = 0, answering from vanilla's answers; everything the loop and the
+    """The decoding loop's target, answering from vanilla's answers; everything the loop and the
     drafters read besides the three forwards (tokenizer, max_len, device, ...) is the real target's."""
 
     def __init__(self, target: Target) -> None:
@@ -70,6 +80,9 @@ class ReplayTarget:
 
     def score_tree(self, tree: DraftTree) -> TargetOut:
         """What the tree forward would give at the nodes that can matter: those on vanilla's continuation."""
+        if tree.q is not None:
+            raise UserError("replay needs deterministic drafts: this drafter samples its tree (tree.q), so whether a "
+                            "draft token is accepted is random given the text; measure it with real decoding")
         if self.length + tree.size > self.target.max_len:
             raise ContextFull(self.length + tree.size, self.target.max_len)
         positions = self._positions(tree)
@@ -97,11 +110,13 @@ class ReplayTarget:
         return positions
 
     def _logits(self, positions: list[int]) -> Tensor:
-        """[n, V]: the one-hot of vanilla's token after each position; zeros where the answer has ended."""
+        """[n, V]: vanilla's token after each position as hard one-hot logits (0 there, -inf elsewhere: a point
+        mass at every temperature, top-p and top-k); zeros where the answer has ended."""
         rows = torch.zeros(len(positions), self.target.vocab_size, device=self.target.device)
         for row, p in enumerate(positions):
             if p + 1 < len(self._ids):
-                rows[row, self._ids[p + 1]] = 1.0
+                rows[row] = float("-inf")
+                rows[row, self._ids[p + 1]] = 0.0
         return rows
 
 
@@ -117,13 +132,6 @@ def _rows(features: Tensor, size: int, index: Tensor, at: Tensor) -> Tensor:
     rows = features.new_zeros(size, features.shape[1])
     rows[index] = features[at]
     return rows
-
-
-def check_plan(temperatures: tuple[float, ...]) -> None:
-    """Settings replay cannot serve, refused before the model loads, with the reason."""
-    if any(t != 0 for t in temperatures):
-        raise UserError("--replay reproduces decoding at T = 0 only: at T > 0 the accepted tokens are random draws, "
-                        "not vanilla's tokens; measure T > 0 with real decoding (drop --replay)")
 
 
 def check_decoders(decoders: dict[str, TurnDecoder]) -> None:
@@ -161,7 +169,7 @@ def baseline_rows(rows: list[dict], question_ids: list[str]) -> dict[str, dict]:
     found = {str(row["question_id"]): row for row in rows}
     missing = [q for q in question_ids if q not in found]
     if missing:
-        raise UserError(f"replay needs vanilla's answers at T = 0 for every question (same suite, questions and "
+        raise UserError(f"replay needs vanilla's answers for every question (same suite, questions, temperature and "
                         f"max_new_tokens); missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
                         f"run vanilla first (it runs first in the same command unless its rows exist)")
     return {q: found[q] for q in question_ids}

@@ -9,8 +9,8 @@ command resumes it. One run at a time holds a run directory. Every row names the
 host, process and device that timed it, and how busy the machine was. A question that cannot run (a
 prompt longer than the context) becomes a row that says why, and the sweep goes on.
 With ``workers`` the questions run on Ray workers (harness/cluster.py) and this process writes their rows.
-With ``replay`` every method but the baseline is replayed at T = 0 from the baseline's rows (harness/replay.py):
-exact accept lengths without timing, in cells labelled ``<method>-replay``.
+With ``replay`` every method but the baseline is replayed from the baseline's rows at the same temperature
+(harness/replay.py): exact accept lengths without timing, in cells labelled ``<method>-replay``.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Plan:
     workers: int | None = None      # Ray workers (harness/cluster.py); None runs in this process
     cluster: str | None = None      # address of a running Ray cluster (default: start one on this machine)
     baseline: str = DEFAULT_BASELINE   # runs first in each (suite, temperature); every speedup's reference
-    replay: bool = False               # methods other than the baseline replayed from its answers (T = 0 only)
+    replay: bool = False               # methods other than the baseline replayed from its answers
 
     def settings(self, target: Target) -> dict:
         """What every row of a run directory shares; a resumed run must repeat it exactly."""
@@ -77,8 +77,6 @@ class Plan:
 
 
 def run(plan: Plan, argv: list[str]) -> Path:
-    if plan.replay:
-        replay.check_plan(plan.temperatures)
     if plan.workers:
         from harness import cluster   # imports Ray, which nothing else needs
         cluster.require_ray()         # one line saying how to install it, before anything loads
