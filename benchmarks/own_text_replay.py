@@ -12,12 +12,11 @@ method gets only its own ``--checkpoint``), and benchmarks/validate_replay.py co
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from harness.records import read_rows
+from harness.records import RowWriter, read_rows
 
 
 def copy_as_baseline(real_run: Path, out: Path, method: str) -> None:
@@ -27,15 +26,13 @@ def copy_as_baseline(real_run: Path, out: Path, method: str) -> None:
         raise SystemExit(f"{real_run}: no rows of {method}")
     for source in files:
         target = out / "answers" / source.parent.name / source.name.replace(f"{method}-", "vanilla-", 1)
-        target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             continue   # a rerun resumes the replay; the baseline rows stay as first written
-        rows = read_rows(source)
-        with target.open("w") as handle:
-            for row in rows:
+        with RowWriter(target) as writer:
+            for row in read_rows(source):
                 row["method"] = "vanilla"
                 row["model_id"] = row.get("model_id", "").replace(f"{method}-temperature-", "vanilla-temperature-", 1)
-                handle.write(json.dumps(row) + "\n")
+                writer.write(row)
 
 
 def own_flags(flags: list[str], method: str) -> list[str]:

@@ -17,7 +17,7 @@ from harness.verify import Verifier
 from methods._eagle3_train import draft_vocabulary, unroll
 from methods.eagle3 import Eagle3, draft_ids_of, vocab_maps
 from tests.test_verify import chi_square_p
-from tests.tiny import FAMILIES, hf_greedy, tiny_target
+from tests.tiny import FAMILIES, hf_greedy, load_benchmark, tiny_target
 
 PROMPT = torch.tensor([0, 17, 33, 2, 40, 41, 42, 17, 33])
 
@@ -186,11 +186,7 @@ def test_draft_vocabulary_keeps_the_most_frequent_answer_tokens():
 
 
 def test_vocab_cuts_ranks_a_folder_as_training_does_and_counts_steps_cut_by_the_vocabulary(tmp_path):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("vocab_cuts", Path(__file__).parents[1] / "benchmarks/vocab_cuts.py")
-    vocab_cuts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vocab_cuts)
+    vocab_cuts = load_benchmark("vocab_cuts")
     target = tiny_target("llama")
     data = layer_data(target, tmp_path / "data")
     tokens = FeatureData(tmp_path / "data", fields=("ids", "loss_mask"))   # what outside_top ranks

@@ -16,7 +16,7 @@ from harness.sampling import SamplingParams
 from harness.tree import DraftTree
 from harness.verify import Verifier
 from tests.test_runner import TinyWords  # noqa: F401  (registers the tiny-words suite)
-from tests.tiny import NoisyTreeDrafter, tiny_plan, tiny_target
+from tests.tiny import NoisyTreeDrafter, load_benchmark, tiny_plan, tiny_target
 
 PROMPTS = [torch.tensor([0, 5, 9, 5, 9, 5]), torch.tensor([0, 17, 33, 2, 40, 41, 42, 17, 33])]
 STOP = frozenset({1})
@@ -160,16 +160,7 @@ def test_published_claims_are_tested_on_replayed_cells_too(tmp_path):
 def test_own_text_replay_of_a_real_t1_run_matches_it_step_for_step(tiny_dir, tmp_path):
     """benchmarks/own_text_replay.py's path: pld's real T = 1 rows become the baseline of a replay run, whose
     pld-replay rows must carry the real rows' accept lengths (validate_replay.py's comparison)."""
-    import importlib.util
-    from pathlib import Path
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / f"benchmarks/{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    own, validate_replay = load("own_text_replay"), load("validate_replay")
+    own, validate_replay = load_benchmark("own_text_replay"), load_benchmark("validate_replay")
     real_dir = runner.run(tiny_plan(tiny_dir, tmp_path / "real", "tiny-words", max_new_tokens=24,
                                     temperatures=(1.0,)), argv=["real"])
     assert own.own_flags(["--checkpoint", "pld=a", "--checkpoint", "hass=b", "--limit", "3"], "pld") == [

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -102,3 +105,11 @@ def tiny_plan(target_dir: str, out, suite: str, **settings):
 
     base = dict(methods=("vanilla", "pld"), suites=(suite,), target=target_dir, out=out, warmup=0)
     return Plan(**{**base, **settings})
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ imported as a module (the folder is not a package), for tests of its helpers."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
