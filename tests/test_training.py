@@ -285,6 +285,21 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step_and_ends_as_an_uninterrupt
     assert pd.read_csv(eval_log)["step"].tolist() == [1, 2, 3, 4, 6]   # the budget stop's evaluation, then the rest
 
 
+def test_a_fresh_start_into_a_folder_with_logs_of_a_run_killed_before_its_first_save_does_not_append(tmp_path):
+    """No saved state means the run starts at step 1, so the old rows are dropped rather than logged twice."""
+    from tests.test_hass_fspad import feature_data
+    from tests.tiny import tiny_target
+
+    target = tiny_target("llama")
+    data = feature_data(target, tmp_path / "data")
+    settings = trainer.TrainConfig(epochs=1, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.1, eval_depths=1)
+    out = trainer.train(Eagle2, target, data, tmp_path / "draft", settings)
+    (out / "trainer_state.pt").unlink()                     # as if killed before the first checkpoint
+    trainer.train(Eagle2, target, data, out, settings)
+    assert pd.read_csv(out / "train_log.csv")["step"].tolist() == [1, 2, 3]
+    assert pd.read_csv(out / "eval_log.csv")["step"].tolist() == [3]
+
+
 class _Killed(Exception):
     """Stands for the process being killed (a session's end) in the middle of a save."""
 

@@ -287,12 +287,16 @@ class _Logger:
 
     def __init__(self, out: Path, enabled: bool = True, resumed_at: int | None = None) -> None:
         """``enabled=False`` (ranks other than 0) writes nothing. ``resumed_at``: the step a resumed run starts
-        after; a killed run logged steps past its last saved state, which the resumed run logs again."""
+        after; a killed run logged steps past its last saved state, which the resumed run logs again. ``None``
+        (a fresh start) clears the logs: a run killed before its first saved state left rows a fresh start
+        would otherwise append to."""
         self.out, self.enabled = out, enabled
         self.files: dict[str, tuple] = {}
         self.board = None
-        if enabled and resumed_at is not None:
-            for name in ("train_log.csv", "eval_log.csv"):
+        for name in ("train_log.csv", "eval_log.csv") if enabled else ():
+            if resumed_at is None:
+                (out / name).unlink(missing_ok=True)
+            else:
                 _drop_rows_after(out / name, resumed_at)
         if enabled:
             try:
