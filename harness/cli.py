@@ -208,6 +208,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], help="trainer setting, e.g. epochs=3 (repeatable)")
     p.add_argument("--loss", action="append", default=[], help="loss option, e.g. topk_w=0 (repeatable)")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (HASS stage 2)")
+    p.add_argument("--passes", type=int, default=None, help="train up to N passes of these settings, each from the "
+                   "last, into OUT/pass-NN, until a pass's paired held-out depth-1 gain is not above zero "
+                   "(harness/train/passes.py)")
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
@@ -224,9 +227,16 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     loss = {key: value for key, value in (_key_value(pair) for pair in args.loss)}
     method.loss_config(**loss)   # unknown loss options fail before anything loads
     group = distributed.start()   # under torchrun: one rank of a data-parallel run
+    if args.passes is not None and (group is not None or args.passes < 1):
+        raise UserError("--passes takes a count of 1 or more and runs in one process (not under torchrun)")
     target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto",
                          device=group.device if group else "auto")
     data = FeatureData(args.data, max_len=config.max_len, max_samples=config.max_samples)
+    if args.passes is not None:
+        from harness.train import passes
+        passes.run(method, target, data, args.out, config, loss, args.init, args.passes)
+        print(f"passes: {args.out / 'passes.md'}")
+        return
     out = trainer.train(method, target, data, args.out, config, loss, init=args.init)
     if group is None or group.main:
         print(f"checkpoint: {out}")
