@@ -21,7 +21,6 @@ import pandas as pd
 from harness.learned import LearnedDrafter
 from harness.report.curves import held_out_split, read_config
 from harness.report.render import markdown_table
-from harness.report.tables import Table, interval
 from harness.target import Target
 from harness.train import heldout, trainer
 from harness.train.data import FeatureData
@@ -83,11 +82,5 @@ def _measured(chain: list[Path], out: Path, target: Target, data: FeatureData, h
 
 
 def _write(out: Path, results: pd.DataFrame) -> None:
-    rows = [[row.checkpoint, str(row.depth), interval(row.top1, row.lo, row.hi, 3),
-             "" if pd.isna(getattr(row, "gain", float("nan"))) else f"{interval(row.gain, row.gain_lo, row.gain_hi, 3)} "
-             f"{row.verdict}"] for row in results.itertuples()]
-    table = Table("passes", "Held-out top-1 after each pass",
-                  "Each pass minus the weights it started from, paired over the held-out samples (95% bootstrap "
-                  "interval); the draft has plateaued when the depth-1 gain is not above zero.",
-                  pd.DataFrame(rows, columns=["checkpoint", "depth", "top-1 [95% CI]", "gain [paired 95% CI]"]))
-    (out / "passes.md").write_text(f"# Passes in {out}\n\n{markdown_table(table)}\n")
+    """passes.md: the table ``harness heldout`` writes, each pass paired with the weights it started from."""
+    (out / "passes.md").write_text(f"# Passes in {out}\n\n{markdown_table(heldout.table(results, 'previous'))}\n")
