@@ -211,6 +211,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=int, default=None, help="train up to N passes of these settings, each from the "
                    "last, into OUT/pass-NN, until a pass's paired held-out depth-1 gain is not above zero "
                    "(harness/train/passes.py)")
+    p.add_argument("--min-gain", type=float, default=0.0, help="with --passes: a pass improves only when its "
+                   "depth-1 gain's paired interval lies above this (default 0), e.g. 0.005")
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> None:
@@ -229,12 +231,14 @@ def _train(args: argparse.Namespace, argv: list[str]) -> None:
     group = distributed.start()   # under torchrun: one rank of a data-parallel run
     if args.passes is not None and (group is not None or args.passes < 1):
         raise UserError("--passes takes a count of 1 or more and runs in one process (not under torchrun)")
+    if args.min_gain and (args.passes is None or not 0 <= args.min_gain < 1):
+        raise UserError("--min-gain takes a top-1 gain in [0, 1) and needs --passes")
     target = Target.load(args.target, dtype="float32" if preset == "cpu" else "auto",
                          device=group.device if group else "auto")
     data = FeatureData(args.data, max_len=config.max_len, max_samples=config.max_samples)
     if args.passes is not None:
         from harness.train import passes
-        passes.run(method, target, data, args.out, config, loss, args.init, args.passes)
+        passes.run(method, target, data, args.out, config, loss, args.init, args.passes, args.min_gain)
         print(f"passes: {args.out / 'passes.md'}")
         return
     out = trainer.train(method, target, data, args.out, config, loss, init=args.init)

@@ -52,6 +52,22 @@ def test_passes_go_on_while_the_held_out_gain_is_above_zero(setup, tmp_path, mon
     assert results.verdict.tolist()[1:] == ["above", "not distinguishable"]
 
 
+def test_with_a_min_gain_a_pass_that_gains_less_is_a_plateau_though_its_gain_is_above_zero(setup, tmp_path,
+                                                                                           monkeypatch):
+    target, data = setup
+    hits_of = {"pass-01": 10, "pass-02": 14, "pass-03": 15, "pass-04": 20}   # gains 0.04, then 0.01 on every sample
+
+    def evaluate(folder, config, target, data, held_out, depths):
+        return pd.DataFrame([{"sample": s, "depth": 1, "hits": hits_of[folder.name], "positions": 100}
+                             for s in held_out])
+    monkeypatch.setattr(heldout, "evaluate", evaluate)
+    results = passes.run(Eagle2, target, data, tmp_path / "passes", SETTINGS, None, None, max_passes=4,
+                         min_gain=0.02)
+    assert [p.name for p in sorted((tmp_path / "passes").glob("pass-*"))] == ["pass-01", "pass-02", "pass-03"]
+    assert results.verdict.tolist()[1:] == ["above", "above"]   # pass 3 still gains, by less than asked
+    assert "above +0.020" in (tmp_path / "passes" / "passes.md").read_text()
+
+
 def test_a_pass_cut_by_its_time_budget_stops_the_passes_until_a_rerun_resumes_it(setup, tmp_path):
     target, data = setup
     budget = dataclasses.replace(SETTINGS, time_budget_s=1e-9)
@@ -62,7 +78,7 @@ def test_a_pass_cut_by_its_time_budget_stops_the_passes_until_a_rerun_resumes_it
     assert sorted(p.name for p in (tmp_path / "passes").glob("pass-*")) == ["pass-01", "pass-02"]
 
 
-def test_the_cli_runs_passes_and_refuses_a_count_below_one(tmp_path, capsys):
+def test_the_cli_runs_passes_and_refuses_a_count_below_one_or_a_min_gain_without_passes(tmp_path, capsys):
     from harness.cli import main
     from harness.target import Target
     from tests.tiny import save_tiny_target
@@ -75,3 +91,4 @@ def test_the_cli_runs_passes_and_refuses_a_count_below_one(tmp_path, capsys):
     assert main(command + ["--passes", "2"]) == 0
     assert "pass-02" in (tmp_path / "passes" / "passes.md").read_text()   # pass 1 had nothing to be paired with
     assert main(command + ["--passes", "0"]) == 2 and "--passes takes a count" in capsys.readouterr().err
+    assert main(command + ["--min-gain", "0.01"]) == 2 and "needs --passes" in capsys.readouterr().err

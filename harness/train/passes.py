@@ -5,8 +5,10 @@ zero), started from the pass before it (the first from ``--init``). A run's own 
 rate reaches zero whether or not the draft could still learn, so the question "has it plateaued?" is put to
 whole passes: after each one, its saved weights and the ones it started from are evaluated on the same
 held-out samples (``harness heldout``), and the depth-1 gain gets a paired 95% bootstrap interval over those
-samples. The draft has plateaued when that gain is not above zero (the interval reaches zero or lies below).
-Depth 1 is the figure the training goal is stated in; deeper depths are reported beside it.
+samples. The draft has plateaued when that gain is not above ``min_gain`` (default zero: the interval reaches
+zero or lies below). A positive ``min_gain`` is the smallest gain per pass worth its compute, as ``min_delta`` is
+for Keras' early stopping: a pass then counts as improving only when its whole interval lies above it. Depth 1 is
+the figure the training goal is stated in; deeper depths are reported beside it.
 
 Each pass trains into ``OUT/pass-NN``, resumable as any run is; a finished pass is not trained again, and every
 checkpoint's held-out figures are kept in ``OUT/heldout.csv``, so rerunning the command after an interruption
@@ -29,9 +31,10 @@ DEPTHS = 3
 
 
 def run(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, out: Path,
-        config: trainer.TrainConfig, loss_options: dict | None, init: Path | None, max_passes: int) -> pd.DataFrame:
+        config: trainer.TrainConfig, loss_options: dict | None, init: Path | None, max_passes: int,
+        min_gain: float = 0.0) -> pd.DataFrame:
     """Train up to ``max_passes`` passes into ``out``, stopping at the first whose paired depth-1 gain over the
-    weights it started from is not above zero; returns the comparison rows (``heldout.compare``'s)."""
+    weights it started from is not above ``min_gain``; returns the comparison rows (``heldout.compare``'s)."""
     out.mkdir(parents=True, exist_ok=True)
     _, held_out = data.split(config.holdout, config.seed, config.holdout_from, config.holdout_of)
     chain: list[Path] = []   # the checkpoints measured on this split, oldest first
@@ -49,11 +52,11 @@ def run(method_cls: type[LearnedDrafter], target: Target, data: FeatureData, out
         chain.append(folder)
         previous = folder
         results = heldout.compare(_measured(chain, out, target, data, held_out))
-        _write(out, results)
+        _write(out, results, min_gain)
         last = results[(results.checkpoint == str(folder)) & (results.depth == 1)].iloc[0]
-        if len(chain) > 1 and last.verdict != "above":
+        if len(chain) > 1 and not last.gain_lo > min_gain:
             print(f"plateau: {folder.name}'s depth-1 gain {last.gain:+.3f} [{last.gain_lo:+.3f}, {last.gain_hi:+.3f}] "
-                  f"is {last.verdict}")
+                  f"is not above {min_gain:+.3f}")
             break
     else:
         print(f"no plateau within {max_passes} passes")
@@ -81,6 +84,8 @@ def _measured(chain: list[Path], out: Path, target: Target, data: FeatureData, h
             for folder in chain]
 
 
-def _write(out: Path, results: pd.DataFrame) -> None:
+def _write(out: Path, results: pd.DataFrame, min_gain: float) -> None:
     """passes.md: the table ``harness heldout`` writes, each pass paired with the weights it started from."""
-    (out / "passes.md").write_text(f"# Passes in {out}\n\n{markdown_table(heldout.table(results, 'previous'))}\n")
+    rule = f"A pass improves when its paired depth-1 gain's interval lies above {min_gain:+.3f}."
+    table = markdown_table(heldout.table(results, "previous"))
+    (out / "passes.md").write_text(f"# Passes in {out}\n\n{rule}\n\n{table}\n")
