@@ -209,8 +209,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", action="append", default=[], help="loss option, e.g. topk_w=0 (repeatable)")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (HASS stage 2)")
     p.add_argument("--passes", type=int, default=None, help="train up to N passes of these settings, each from the "
-                   "last, into OUT/pass-NN, until a pass's paired held-out depth-1 gain is not above zero "
-                   "(harness/train/passes.py)")
+                   "last, into OUT/pass-NN, until a pass's paired held-out depth-1 gain is not above zero (or "
+                   "--min-gain) (harness/train/passes.py)")
     p.add_argument("--min-gain", type=float, default=0.0, help="with --passes: a pass improves only when its "
                    "depth-1 gain's paired interval lies above this (default 0), e.g. 0.005")
 
