@@ -15,7 +15,7 @@ from methods.eagle2 import Eagle2
 from tests.test_hass_fspad import feature_data
 from tests.test_eagle3 import layer_data
 from tests.test_learned import LEARNED, tiny_loss
-from tests.tiny import save_tiny_target, tiny_target
+from tests.tiny import load_benchmark, save_tiny_target, tiny_target
 
 SETTINGS = trainer.TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=1, holdout=0.25, eval_depths=2)
 
@@ -88,6 +88,39 @@ def test_a_split_drawn_from_the_first_samples_reads_only_those(two_passes):
     config["training"]["config"].update(holdout_of=8, holdout_from=2)
     read, held_out = heldout.held_out_samples([config], [first], None)
     assert len(read.samples) == 8 and held_out == data.split(SETTINGS.holdout, SETTINGS.seed, 2, 8)[1]
+
+
+def test_the_train_split_draws_as_many_trained_samples_and_none_held_out(two_passes, tmp_path):
+    target_dir, _, data, first, _ = two_passes
+    config = json.loads((first / "config.json").read_text())
+    _, held_out = heldout.held_out_samples([config], [first], None)
+    _, trained = heldout.held_out_samples([config], [first], None, split="train")
+    assert len(trained) == len(held_out) and not set(trained) & set(held_out)
+    assert set(trained) <= set(data.split(SETTINGS.holdout, SETTINGS.seed)[0])
+    assert cli.main(["heldout", str(first), "--split", "train", "--target", target_dir, "--depths", "1",
+                     "--out", str(tmp_path)]) == 0
+    assert "samples they trained on" in (tmp_path / "heldout.md").read_text()
+    assert set(pd.read_csv(tmp_path / "heldout.csv")["sample"]) == set(trained)
+    config["training"]["config"].update(holdout_of=12, holdout_from=4)
+    _, trained = heldout.held_out_samples([config], [first], None, split="train")
+    assert all(4 <= i < 12 for i in trained)   # the held-out samples' index range, so the same mix of sources
+
+
+def test_the_generalization_gap_and_its_paired_change_pass_by_pass():
+    """benchmarks/generalization_gap.py: a draft whose trained-on top-1 rises while its held-out top-1 stays
+    shows a widening gap, and the change is judged on the same resampled samples for both passes."""
+    gap = load_benchmark("generalization_gap")
+    def per_sample(hits_a, hits_b):
+        return pd.concat([pd.DataFrame({"checkpoint": name, "sample": range(40), "depth": 1,
+                                        "hits": [h + i % 3 for i in range(40)], "positions": 20})
+                          for name, h in (("a", hits_a), ("b", hits_b))])
+    results = gap.gaps(per_sample(14, 16), per_sample(10, 10))
+    first, second = results.itertuples()
+    assert first.gap == pytest.approx(4 / 20) and pd.isna(first.change)
+    assert second.gap == pytest.approx(6 / 20) and second.change == pytest.approx(2 / 20)
+    assert 0 < second.change_ci[0] <= second.change <= second.change_ci[1]   # paired: the sample noise cancels
+    assert second.gap_ci[0] < second.gap < second.gap_ci[1]
+    assert "gap minus the row before" in gap.markdown_table(gap.table(results))
 
 
 @pytest.mark.parametrize("method", LEARNED)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +33,12 @@ from harness.train.data import FeatureData
 from harness.train.trainer import TrainConfig
 
 
-def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Path | None) -> tuple[FeatureData, list[int]]:
+def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Path | None,
+                     split: str = "held-out") -> tuple[FeatureData, list[int]]:
     """The data folder and held-out sample indices every checkpoint was measured on; a clear error when the
-    checkpoints' training records name different splits."""
+    checkpoints' training records name different splits. ``split="train"`` draws as many of the samples they
+    trained on instead (seeded, sorted, from the same index range): top-1 there minus top-1 held out is the generalization gap, which
+    says whether a draft still improving is short of capacity and steps (no gap) or starting to memorize."""
     splits = {held_out_split(config) for config in configs}
     if len(splits) != 1:
         detail = "; ".join(f"{d}: {held_out_split(c)}" for d, c in zip(directories, configs))
@@ -48,7 +52,11 @@ def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Pat
         raise UserError(f"{directories[0]} records no data folder: pass --data DIR")
     # The held-out samples are drawn among the first ``holdout_of`` samples when it is set: only those are read.
     data = FeatureData(folder, max_len=settings.max_len, max_samples=settings.holdout_of or settings.max_samples)
-    _, held_out = data.split(settings.holdout, settings.seed, settings.holdout_from, settings.holdout_of)
+    trained, held_out = data.split(settings.holdout, settings.seed, settings.holdout_from, settings.holdout_of)
+    if split == "train":   # from the index range the held-out samples were drawn in: the same mix of sources
+        pool = settings.holdout_of or len(data.samples)
+        candidates = [i for i in trained if settings.holdout_from <= i < pool]
+        return data, sorted(random.Random(settings.seed).sample(candidates, min(len(held_out), len(candidates))))
     return data, held_out
 
 
@@ -97,7 +105,7 @@ def compare(measured: list[tuple[str, pd.DataFrame]], versus: str = "previous") 
     return pd.DataFrame(rows)
 
 
-def table(results: pd.DataFrame, versus: str) -> Table:
+def table(results: pd.DataFrame, versus: str, split: str = "held-out") -> Table:
     rows = []
     for row in results.itertuples():
         gain = "" if pd.isna(getattr(row, "gain", float("nan"))) else \
@@ -105,8 +113,9 @@ def table(results: pd.DataFrame, versus: str) -> Table:
         rows.append([row.checkpoint, str(row.depth), str(row.samples), interval(row.top1, row.lo, row.hi, 3), gain])
     against = "the checkpoint listed before it" if versus == "previous" else "the first checkpoint"
     columns = ["checkpoint", "depth", "samples", "top-1 [95% CI]", f"minus {against} [paired 95% CI]"]
-    return Table("heldout", "Held-out top-1 against the target's greedy token",
-                 "Pooled over positions; percentile bootstrap over held-out samples (10,000 resamples); verdict: the "
+    measured_on = "Held-out" if split == "held-out" else "Training-sample"
+    return Table("heldout", f"{measured_on} top-1 against the target's greedy token",
+                 f"Pooled over positions; percentile bootstrap over {split} samples (10,000 resamples); verdict: the "
                  "paired interval above zero, below it, or not distinguishable.", pd.DataFrame(rows, columns=columns))
 
 
@@ -118,6 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--versus", choices=("previous", "first"), default="previous",
                         help="pair each checkpoint with the one listed before it (a draft's passes, in order) or "
                              "with the first one listed (drafts against a reference)")
+    parser.add_argument("--split", choices=("held-out", "train"), default="held-out",
+                        help="measure on the held-out samples, or on as many of the samples the drafts trained on "
+                             "(their top-1 minus the held-out one is the generalization gap)")
     parser.add_argument("--depths", type=int, default=3, help="tree depths to measure (default 3)")
     parser.add_argument("--target", default=None, help="the target (default: the embedded SmolLM2)")
     parser.add_argument("--out", type=Path, default=Path("reports/heldout"),
@@ -126,13 +138,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     configs = [read_config(directory) for directory in args.checkpoints]
-    data, held_out = held_out_samples(configs, args.checkpoints, args.data)
+    data, held_out = held_out_samples(configs, args.checkpoints, args.data, args.split)
     target = Target.load(args.target, dtype="float32")
     measured = [(str(d), evaluate(d, c, target, data, held_out, args.depths)) for d, c in zip(args.checkpoints, configs)]
     results = compare(measured, args.versus)
     args.out.mkdir(parents=True, exist_ok=True)
     pd.concat([frame.assign(checkpoint=label) for label, frame in measured]).to_csv(args.out / "heldout.csv", index=False)
-    text = markdown_table(table(results, args.versus))
-    (args.out / "heldout.md").write_text(f"# Held-out top-1 of {len(measured)} checkpoints on {len(held_out)} samples "
+    text = markdown_table(table(results, args.versus, args.split))
+    samples = "held-out samples" if args.split == "held-out" else "samples they trained on"
+    (args.out / "heldout.md").write_text(f"# Top-1 of {len(measured)} checkpoints on {len(held_out)} {samples} "
                                          f"of {data.directory}\n\n{text}\n")
     print(text)
