@@ -7,7 +7,7 @@ resampled on their own (the gap itself is unpaired); each side's resample is the
 so the change of the gap is paired. A gap that widens pass after pass while the held-out gain shrinks is the
 draft memorizing its training set: more data, not more passes, is what would still help it.
 
-    python benchmarks/generalization_gap.py TRAIN/heldout.csv HELDOUT/heldout.csv
+    python benchmarks/generalization_gap.py TRAIN/heldout.csv HELDOUT/heldout.csv [MORE/heldout.csv ...]
 """
 from __future__ import annotations
 
@@ -66,9 +66,11 @@ def table(results: pd.DataFrame) -> Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("trained", type=Path, help="heldout.csv of `harness heldout --split train`")
-    parser.add_argument("held_out", type=Path, help="heldout.csv of `harness heldout` on the same checkpoints")
+    parser.add_argument("held_out", type=Path, nargs="+",
+                        help="heldout.csv of `harness heldout` on the same checkpoints (several files are joined)")
     args = parser.parse_args()
-    results = gaps(pd.read_csv(args.trained), pd.read_csv(args.held_out))
+    held_out = pd.concat(pd.read_csv(path) for path in args.held_out)
+    results = gaps(pd.read_csv(args.trained), held_out.drop_duplicates(["checkpoint", "depth", "sample"]))
     if results.empty:
         raise SystemExit("no checkpoint appears in both files")
     print(markdown_table(table(results)))
