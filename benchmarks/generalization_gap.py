@@ -5,7 +5,7 @@ and one on the held-out samples, and prints per checkpoint and depth the gap and
 checkpoint listed before it, each with a 95% percentile bootstrap interval. Training and held-out samples are
 resampled on their own (the gap itself is unpaired); each side's resample is the same for every checkpoint,
 so the change of the gap is paired. A gap that widens pass after pass while the held-out gain shrinks is the
-draft memorizing its training set: more data, not more passes, is what would still help it.
+draft memorizing its training set, a sign that more data would help it more than more passes.
 
     python benchmarks/generalization_gap.py TRAIN/heldout.csv HELDOUT/heldout.csv [MORE/heldout.csv ...]
 """

@@ -37,8 +37,9 @@ def held_out_samples(configs: list[dict], directories: list[Path], data_dir: Pat
                      split: str = "held-out") -> tuple[FeatureData, list[int]]:
     """The data folder and held-out sample indices every checkpoint was measured on; a clear error when the
     checkpoints' training records name different splits. ``split="train"`` draws as many of the samples they
-    trained on instead (seeded, sorted, from the same index range): top-1 there minus top-1 held out is the generalization gap, which
-    says whether a draft still improving is short of capacity and steps (no gap) or starting to memorize."""
+    trained on instead (seeded, sorted, from the held-out samples' index range): top-1 there minus top-1 held
+    out is the generalization gap, which says whether a draft still improving is short of capacity and steps
+    (no gap) or starting to memorize."""
     splits = {held_out_split(config) for config in configs}
     if len(splits) != 1:
         detail = "; ".join(f"{d}: {held_out_split(c)}" for d, c in zip(directories, configs))
