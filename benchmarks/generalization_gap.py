@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.metrics import pooled_contrast
 from harness.report.render import markdown_table
 from harness.report.tables import Table, interval
+from harness.train.heldout import as_cell
 
 RESAMPLES = 10_000
 
 
-def pooled_resamples(frame: pd.DataFrame, checkpoints: list[str], picks: np.ndarray) -> np.ndarray:
-    """Pooled top-1 of each checkpoint (rows) in each resample (columns), the same samples for every checkpoint."""
-    hits = frame.pivot(index="checkpoint", columns="sample", values="hits").loc[checkpoints].to_numpy(float)
-    positions = frame.pivot(index="checkpoint", columns="sample", values="positions").loc[checkpoints].to_numpy(float)
-    return np.stack([h[picks].sum(axis=1) / p[picks].sum(axis=1) for h, p in zip(hits, positions)])
+def cells(frame: pd.DataFrame, depth: int, checkpoints: list[str]) -> list[pd.DataFrame]:
+    """Each checkpoint's rows at ``depth``, in one sample order, in the shape metrics' pooled-ratio bootstrap reads."""
+    part = frame[frame.depth == depth].sort_values("sample")
+    return [as_cell(part[part.checkpoint == checkpoint]) for checkpoint in checkpoints]
 
 
 def gaps(trained: pd.DataFrame, held_out: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -35,19 +36,18 @@ def gaps(trained: pd.DataFrame, held_out: pd.DataFrame, seed: int = 0) -> pd.Dat
     checkpoints = [c for c in dict.fromkeys(trained.checkpoint) if c in set(held_out.checkpoint)]
     rng, rows = np.random.default_rng(seed), []
     for depth in sorted(set(trained.depth) & set(held_out.depth)):
-        sides = [frame[(frame.depth == depth) & frame.checkpoint.isin(checkpoints)] for frame in (trained, held_out)]
-        resampled = [pooled_resamples(side, checkpoints, rng.integers(0, side["sample"].nunique(),
-                                                                       size=(RESAMPLES, side["sample"].nunique())))
-                     for side in sides]
-        gap = resampled[0] - resampled[1]
+        sides = [cells(frame, depth, checkpoints) for frame in (trained, held_out)]
+        picks = [rng.integers(0, len(side[0]), size=(RESAMPLES, len(side[0]))) for side in sides]
         for k, checkpoint in enumerate(checkpoints):
-            top1 = [side[side.checkpoint == checkpoint] for side in sides]
-            top1 = [part.hits.sum() / part.positions.sum() for part in top1]
-            row = {"checkpoint": checkpoint, "depth": depth, "train": top1[0], "held_out": top1[1],
-                   "gap": top1[0] - top1[1], "gap_ci": np.percentile(gap[k], [2.5, 97.5])}
+            (train, train_resampled), (held, held_resampled) = (pooled_contrast([side[k]], [1.0], p)
+                                                                for side, p in zip(sides, picks))
+            row = {"checkpoint": checkpoint, "depth": depth, "train": train, "held_out": held, "gap": train - held,
+                   "gap_ci": np.percentile(train_resampled - held_resampled, [2.5, 97.5])}
             if k:
-                change = gap[k] - gap[k - 1]
-                row.update(change=row["gap"] - rows[-1]["gap"], change_ci=np.percentile(change, [2.5, 97.5]))
+                (train_gain, train_resampled), (held_gain, held_resampled) = (
+                    pooled_contrast([side[k], side[k - 1]], [1.0, -1.0], p) for side, p in zip(sides, picks))
+                row.update(change=train_gain - held_gain,
+                           change_ci=np.percentile(train_resampled - held_resampled, [2.5, 97.5]))
             rows.append(row)
     return pd.DataFrame(rows)
 

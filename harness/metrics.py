@@ -360,7 +360,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, base: pd.DataFrame | Non
     x, y = _aligned(a, shared), _aligned(b, shared)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(shared), size=(resamples, len(shared)))
-    tau_diff, pooled = _pooled_contrast([x, y], [1.0, -1.0], picks)
+    tau_diff, pooled = pooled_contrast([x, y], [1.0, -1.0], picks)
     per_question = x.tau_question.to_numpy(float) - y.tau_question.to_numpy(float)
     out.update(tau_diff=tau_diff,
                tau_q_diff=float(np.nanmean(per_question)), tau_q_above=int((per_question > 0).sum()),
@@ -372,8 +372,9 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, base: pd.DataFrame | Non
     return out
 
 
-def _pooled_contrast(cells: list[pd.DataFrame], weights: list[float], picks: np.ndarray) -> tuple[float, np.ndarray]:
-    """sum_i w_i * pooled tau(cell_i): on the aligned rows, and on every resample of question positions ``picks``."""
+def pooled_contrast(cells: list[pd.DataFrame], weights: list[float], picks: np.ndarray) -> tuple[float, np.ndarray]:
+    """sum_i w_i * pooled tau(cell_i): on the aligned rows, and on every resample of question positions ``picks``
+    (a resample shared by all cells is what pairs them)."""
     point, resampled = 0.0, np.zeros(len(picks))
     for rows, weight in zip(cells, weights):
         accepted, steps = rows.accepted.to_numpy(float), rows.steps.to_numpy(float)
@@ -392,7 +393,7 @@ def paired_contrast(cells: list[pd.DataFrame], weights: list[float], resamples: 
     if not shared:
         return out
     picks = np.random.default_rng(seed).integers(0, len(shared), size=(resamples, len(shared)))
-    out["contrast"], resampled = _pooled_contrast([_aligned(cell, shared) for cell in cells], weights, picks)
+    out["contrast"], resampled = pooled_contrast([_aligned(cell, shared) for cell in cells], weights, picks)
     out["lo"], out["hi"] = _percentiles(resampled)
     out["verdict"] = verdict(out["lo"], out["hi"])
     return out

@@ -79,7 +79,7 @@ def evaluate(directory: Path, config: dict, target: Target, data: FeatureData, h
     return pd.DataFrame(rows)
 
 
-def _as_cell(frame: pd.DataFrame) -> pd.DataFrame:
+def as_cell(frame: pd.DataFrame) -> pd.DataFrame:
     """One depth's per-sample rows in the shape metrics' pooled-ratio bootstrap reads (a top-1 is a pooled
     ratio, hits over positions, as tau is accepted tokens over steps)."""
     return pd.DataFrame({"question_id": frame["sample"].astype(str), "accepted": frame["hits"],
@@ -98,7 +98,7 @@ def compare(measured: list[tuple[str, pd.DataFrame]], versus: str = "previous") 
                    "top1": part.hits.sum() / max(part.positions.sum(), 1), "lo": low, "hi": high}
             if previous is not None and depth in previous.depth.values:
                 before = previous[previous.depth == depth]
-                pair = metrics.paired_contrast([_as_cell(part), _as_cell(before)], [1.0, -1.0])
+                pair = metrics.paired_contrast([as_cell(part), as_cell(before)], [1.0, -1.0])
                 row.update(gain=pair["contrast"], gain_lo=pair["lo"], gain_hi=pair["hi"], verdict=pair["verdict"])
             rows.append(row)
         if versus == "previous" or previous is None:
