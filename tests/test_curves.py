@@ -1,5 +1,6 @@
 """`harness curves`: learning-curve table, plot and goal check from checkpoint folders (no model needed)."""
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -9,13 +10,13 @@ from harness.errors import UserError
 from harness.report import curves
 
 
-def _checkpoint(directory, method, depth1, stopped_by="steps", patience=2, holdout_from=0, init=None):
+def _checkpoint(directory, method, depth1, stopped_by="steps", patience=2, holdout_from=0, init=None, threads=2):
     directory.mkdir(parents=True)
     evals = [{"epoch": 1, "step": 10 * (i + 1), "top1_depth1": v, "top1_depth2": v / 2} for i, v in enumerate(depth1)]
     config = {"method": method, "training": {
         "config": {"holdout": 0.05, "holdout_from": holdout_from, "patience": patience},
         "data_samples": 100, "steps": 10 * len(depth1), "seconds": 12.5, "stopped_by": stopped_by, "evals": evals,
-        "init": None if init is None else str(init)}}
+        "init": None if init is None else str(init), "env": {"torch_threads": threads}}}
     (directory / "config.json").write_text(json.dumps(config))
     return directory
 
@@ -37,6 +38,7 @@ def test_cli_writes_the_table_and_the_plot(tmp_path, capsys):
     assert main(["curves", str(checkpoint), "--goal", "0.55", "--out", str(out)]) == 0
     text = (out / "curves.md").read_text()
     assert "| coral |" in text and "0.250" in text and "| no |" in text
+    assert "core_hours" in text and "| 0.01 |" in text                  # 12.5 s on two threads
     assert (out / "curves.png").stat().st_size > 0 and (out / "curves.svg").is_file()
 
 
@@ -57,6 +59,7 @@ def test_lineage_joins_an_init_chain_on_one_step_axis_and_keeps_only_evaluations
     assert curve.evals["step"].tolist() == [20, 30, 40, 50, 60]   # first's 10 steps counted, its eval not
     assert curve.evals["top1_depth1"].tolist() == [0.40, 0.45, 0.44, 0.45, 0.44]
     assert curve.steps == 60 and curve.seconds == pytest.approx(37.5) and curve.lineage.startswith("3 runs")
+    assert curve.core_hours == pytest.approx(3 * 12.5 * 2 / 3600)           # each run: 12.5 s on two threads
     row = curves.summary([curve], goal=0.55).iloc[0]
     assert row["plateau"] and row["last_gain"] == pytest.approx(-0.01)   # no new best in the last 2 evaluations
     assert row["lineage"] == f"3 runs from {first}"
@@ -68,6 +71,9 @@ def test_lineage_joins_an_init_chain_on_one_step_axis_and_keeps_only_evaluations
     config["training"]["init"] = str(first)                          # trained on in place: earlier runs lost
     (first / "config.json").write_text(json.dumps(config))
     assert "trained on in place" in curves.load_lineage(third).lineage and curves.load_lineage(third).steps == 60
+    del config["training"]["env"]                                    # threads not recorded: core-hours unknown
+    (first / "config.json").write_text(json.dumps(config))
+    assert math.isnan(curves.load_lineage(third).core_hours) and curves.load_curve(third).core_hours > 0
     out = tmp_path / "report"
     assert main(["curves", str(third), "--lineage", "--out", str(out)]) == 0
     assert "Lineage:" in (out / "curves.md").read_text()

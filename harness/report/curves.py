@@ -3,7 +3,8 @@
 Reads only checkpoint folders (the ``config.json`` every ``harness train`` run writes, whose
 ``training.evals`` hold the held-out top-1 agreement with the target at each evaluation). Writes
 ``curves.md`` (one row per checkpoint: last top-1 per depth, the gain over the last evaluation interval,
-why training stopped, whether the trainer's own plateau rule holds, and the goal) and ``curves.png`` /
+why training stopped, whether the trainer's own plateau rule holds, the goal, and the compute spent in
+core-hours) and ``curves.png`` /
 ``curves.svg`` (depth-1 top-1 against step, the goal as a dashed line).
 
 Curves of different checkpoints share an axis only when their held-out sets match: a continued run that
@@ -37,6 +38,7 @@ class Curve:
     evals: pd.DataFrame            # columns step, top1_depth1, top1_depth2, ...
     steps: int
     seconds: float
+    core_hours: float              # wall seconds x torch threads / 3600: the cores the run held (nan if unrecorded)
     stopped_by: str | None         # "steps", "budget", "plateau" or None (ran all its epochs)
     patience: int | None
     held_out: str                  # which samples the top-1 is measured on
@@ -53,6 +55,13 @@ def read_config(directory: Path) -> dict:
     return json.loads(config_path.read_text())
 
 
+def core_hours(training: dict) -> float:
+    """A run's wall time times the torch threads it ran with, in hours; nan when the run did not record its
+    threads (a count of cores held, not of busy CPU time: a thread waiting on its partner still holds its core)."""
+    threads = (training.get("env") or {}).get("torch_threads")
+    return float(training.get("seconds", 0.0)) * threads / 3600 if threads else float("nan")
+
+
 def load_curve(directory: Path, config: dict | None = None) -> Curve:
     """A checkpoint folder's curve (``config``: its config.json, when already read); a clear error when the
     folder holds no training record."""
@@ -67,7 +76,7 @@ def load_curve(directory: Path, config: dict | None = None) -> Curve:
     return Curve(label=str(directory), method=config.get("method", "?"),
                  evals=pd.DataFrame(evals).sort_values("step", kind="stable").reset_index(drop=True),
                  steps=int(training.get("steps", 0)), seconds=float(training.get("seconds", 0.0)),
-                 stopped_by=training.get("stopped_by"), patience=settings.get("patience"),
+                 core_hours=core_hours(training), stopped_by=training.get("stopped_by"), patience=settings.get("patience"),
                  held_out=held_out, samples=int(training.get("data_samples", 0)))
 
 
@@ -97,17 +106,18 @@ def load_lineage(directory: Path) -> Curve:
         chain.append((Path(init), read_config(Path(init))))
     last = load_curve(directory, chain[0][1])
     split = held_out_split(chain[0][1])
-    parts, offset, seconds = [], 0, 0.0
+    parts, offset, seconds, hours = [], 0, 0.0, 0.0
     for folder, config in reversed(chain):
         training = config.get("training") or {}
         if held_out_split(config) == split and training.get("evals"):
             parts.append(load_curve(folder, config).evals.assign(step=lambda frame, at=offset: frame["step"] + at))
         offset += int(training.get("steps", 0))
         seconds += float(training.get("seconds", 0.0))
+        hours += core_hours(training)
     # parts[-1] is the last run (the split is its own); parts[-2] the latest earlier run on the same held-out split.
     run_start = float(parts[-2]["top1_depth1"].iloc[-1]) if len(parts) > 1 else None
     return Curve(label=str(directory), method=last.method, evals=pd.concat(parts, ignore_index=True), steps=offset,
-                 seconds=seconds, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
+                 seconds=seconds, core_hours=hours, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
                  samples=last.samples, run_start=run_start,
                  lineage=f"{len(chain)} run{'s' if len(chain) > 1 else ''} from {chain[-1][0]}{unrecorded}")
 
@@ -133,6 +143,7 @@ def summary(curves: list[Curve], goal: float | None) -> pd.DataFrame:
         row = {"checkpoint": curve.label, **({"lineage": curve.lineage} if curve.lineage else {}),
                "method": curve.method, "samples": curve.samples,
                "held_out": curve.held_out, "steps": curve.steps, "seconds": curve.seconds,
+               "core_hours": curve.core_hours,
                "stopped_by": curve.stopped_by or "epochs",
                "plateau": reached_plateau(curve.evals.to_dict("records"), curve.patience),
                "last_gain": last["top1_depth1"] - previous if previous is not None else float("nan")}
@@ -166,14 +177,16 @@ def write(directories: list[Path], out_dir: Path, goal: float | None, lineage: b
     plot(curves, goal, out_dir, lineage)
     shown = table.assign(seconds=table["seconds"].map(lambda v: f"{v:,.0f}"),
                          **{c: table[c].map(lambda v: num(v, 3)) for c in table.columns
-                            if c.startswith("depth") or c in ("last_gain", "run_gain")})
+                            if c.startswith("depth") or c in ("last_gain", "run_gain")},
+                         core_hours=table["core_hours"].map(lambda v: num(v, 2)))
     shown = shown.map(lambda v: ("yes" if v else "no") if isinstance(v, bool) else str(v))
     caption = ("Held-out top-1 agreement with the target's greedy token at each draft depth, last evaluation "
                "of each run; last_gain: the depth-1 change over the last evaluation interval (the median gap between "
                "evaluations); plateau: the "
                "trainer's rule (no new best depth-1 top-1 in the last `patience` evaluations); stopped_by "
-               "steps or budget: the run ended on its budget, not on a plateau."
-               + (" Lineage: steps and seconds summed over the --init chain; the curve and the plateau rule use "
+               "steps or budget: the run ended on its budget, not on a plateau; core_hours: wall seconds times "
+               "the run's torch threads (the cores it held), in hours."
+               + (" Lineage: steps, seconds and core-hours summed over the --init chain; the curve and the plateau rule use "
                   "the evaluations of every run in it on the same held-out samples; run_gain: the depth-1 change "
                   "over the last run, from the end of the run before it (a run's own last_gain ends near 0 as its "
                   "learning rate decays to 0)." if lineage else ""))
