@@ -76,8 +76,8 @@ def load_curve(directory: Path, config: dict | None = None) -> Curve:
     return Curve(label=str(directory), method=config.get("method", "?"),
                  evals=pd.DataFrame(evals).sort_values("step", kind="stable").reset_index(drop=True),
                  steps=int(training.get("steps", 0)), seconds=float(training.get("seconds", 0.0)),
-                 core_hours=core_hours(training), stopped_by=training.get("stopped_by"), patience=settings.get("patience"),
-                 held_out=held_out, samples=int(training.get("data_samples", 0)))
+                 core_hours=core_hours(training), stopped_by=training.get("stopped_by"),
+                 patience=settings.get("patience"), held_out=held_out, samples=int(training.get("data_samples", 0)))
 
 
 def held_out_split(config: dict) -> tuple:
@@ -117,8 +117,8 @@ def load_lineage(directory: Path) -> Curve:
     # parts[-1] is the last run (the split is its own); parts[-2] the latest earlier run on the same held-out split.
     run_start = float(parts[-2]["top1_depth1"].iloc[-1]) if len(parts) > 1 else None
     return Curve(label=str(directory), method=last.method, evals=pd.concat(parts, ignore_index=True), steps=offset,
-                 seconds=seconds, core_hours=hours, stopped_by=last.stopped_by, patience=last.patience, held_out=last.held_out,
-                 samples=last.samples, run_start=run_start,
+                 seconds=seconds, core_hours=hours, stopped_by=last.stopped_by, patience=last.patience,
+                 held_out=last.held_out, samples=last.samples, run_start=run_start,
                  lineage=f"{len(chain)} run{'s' if len(chain) > 1 else ''} from {chain[-1][0]}{unrecorded}")
 
 
@@ -186,9 +186,9 @@ def write(directories: list[Path], out_dir: Path, goal: float | None, lineage: b
                "trainer's rule (no new best depth-1 top-1 in the last `patience` evaluations); stopped_by "
                "steps or budget: the run ended on its budget, not on a plateau; core_hours: wall seconds times "
                "the run's torch threads (the cores it held), in hours."
-               + (" Lineage: steps, seconds and core-hours summed over the --init chain; the curve and the plateau rule use "
-                  "the evaluations of every run in it on the same held-out samples; run_gain: the depth-1 change "
-                  "over the last run, from the end of the run before it (a run's own last_gain ends near 0 as its "
+               + (" Lineage: steps, seconds and core-hours summed over the --init chain; the curve and the plateau "
+                  "rule use the evaluations of every run in it on the same held-out samples; run_gain: the depth-1 "
+                  "change over the last run, from the end of the run before it (a run's own last_gain ends near 0 as its "
                   "learning rate decays to 0)." if lineage else ""))
     text = f"# Learning curves\n\n{markdown_table(Table('curves', 'Learning curves', caption, shown))}\n\n" \
            "![held-out depth-1 top-1 against step](curves.png)\n"
