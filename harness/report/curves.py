@@ -188,8 +188,8 @@ def write(directories: list[Path], out_dir: Path, goal: float | None, lineage: b
                "the run's torch threads (the cores it held), in hours."
                + (" Lineage: steps, seconds and core-hours summed over the --init chain; the curve and the plateau "
                   "rule use the evaluations of every run in it on the same held-out samples; run_gain: the depth-1 "
-                  "change over the last run, from the end of the run before it (a run's own last_gain ends near 0 as its "
-                  "learning rate decays to 0)." if lineage else ""))
+                  "change over the last run, from the end of the run before it (a run's own last_gain ends near 0 "
+                  "as its learning rate decays to 0)." if lineage else ""))
     text = f"# Learning curves\n\n{markdown_table(Table('curves', 'Learning curves', caption, shown))}\n\n" \
            "![held-out depth-1 top-1 against step](curves.png)\n"
     path = out_dir / "curves.md"
