@@ -52,9 +52,10 @@ demo: setup
 	$(PY) -m harness report --results results/demo --out reports/demo
 
 # Every paper's table (published beside ours, with our paired verdicts) from the committed equal-budget results,
-# T = 0 (replay) and T = 1 (real decoding), in one report: reports/paper-tables/paper_<name>.md (.html, .tex).
+# T = 0 (replay) and T = 1 (real decoding), as one run (a NAME=DIR,DIR group, docs/reports.md), in one report:
+# reports/paper-tables/paper_<name>.md (.html, .tex).
 PAPERS ?= hass coral fspad eagle2 medusa specbench
-PAPER_RESULTS ?= results/smollm2-epoch6-eq-t0 results/smollm2-epoch6-eq-t1
+PAPER_RESULTS ?= eq1471=results/smollm2-epoch6-eq-t0,results/smollm2-epoch6-eq-t1
 paper-tables: setup
 	$(PY) -m harness report --results $(PAPER_RESULTS) --out reports/paper-tables --paper $(PAPERS)
 

@@ -134,6 +134,35 @@ def test_compare_puts_runs_side_by_side_with_ratios(tmp_path):
         build([first], tmp_path / "single", compare=True)
 
 
+
+def test_a_group_of_folders_is_one_run_and_refuses_what_is_not_one_experiment(tmp_path):
+    """NAME=DIR,DIR: suites run into separate folders make one run (one paper row, its mean); folders that
+    differ in a draft's checkpoint or hold the same cell are refused with a message saying which."""
+    on_mtbench = [dict(r, suite="mtbench") for r in VANILLA + PLD]
+    first, second = write_run(tmp_path / "a", VANILLA + PLD), write_run(tmp_path / "b", on_mtbench)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--results", f"both={first},{second}", "--out", str(tmp_path / "report")])
+    [merged] = load_runs(args.results)
+    assert merged.name == "both" and merged.members == (first, second)
+    assert set(merged.frame.suite) == {"specbench", "mtbench"} and set(merged.frame.run) == {"both"}
+    run(args)
+    summary = (tmp_path / "report" / "tables" / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith(("| specbench | 0 |", "| mtbench | 0 |"))]
+    assert len(rows) == 4 and "| Run |" not in summary                   # one run: two suites x vanilla, pld
+    assert f"{first}, {second}" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(UserError, match="both hold specbench"):
+        load_runs(parser.parse_args(["--results", f"g={first},{write_run(tmp_path / 'c', VANILLA)}"]).results)
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["settings"]["checkpoints"] = {"pld": "other"}
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    manifest["settings"]["checkpoints"] = {"pld": "one"}
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=f"pld is one in {first} but other in {second}"):
+        load_runs(args.results)
+    with pytest.raises(UserError, match="a group is NAME=DIR"):
+        parser.parse_args(["--results", f"={first}"])
+
 def test_anchors_file_is_well_formed():
     anchors = paper.load_anchors()
     assert set(anchors["papers"]) == {"coral", "eagle2", "hass", "fspad", "medusa", "specbench"}

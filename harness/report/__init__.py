@@ -19,14 +19,15 @@ from harness.errors import UserError
 from harness.metrics import INTERVAL
 from harness.report import paper as papers
 from harness.report import render, serving, stats, tables
-from harness.report.load import Run, combined, load_runs
+from harness.report.load import Group, Run, combined, load_runs, parse_results
 from harness.report.plots import Plotter
 from harness.report.render import Section
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, nargs="+", action="extend", default=None, metavar="DIR",
-                        help="run directories (folders with manifest.json) or folders of them (default: results/)")
+    parser.add_argument("--results", type=parse_results, nargs="+", action="extend", default=None, metavar="DIR",
+                        help="run directories (folders with manifest.json) or folders of them (default: results/); "
+                             "NAME=DIR,DIR reports several run directories as one run")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: reports/<run name>)")
     parser.add_argument("--paper", nargs="+", action="extend", default=[], metavar="NAME",
                         help="also lay out papers' tables beside their published numbers, one paper_<name>.* "
@@ -106,12 +107,12 @@ def _contended_notes(cells: pd.DataFrame) -> list[str]:
             f"machine for a clean speedup" for c in cells.itertuples() if c.contended]
 
 
-def build(results: list[Path], out: Path | None = None, paper: Sequence[str] = (), compare: bool = False,
+def build(results: list[Path | Group], out: Path | None = None, paper: Sequence[str] = (), compare: bool = False,
           baseline: str | None = None) -> Path:
     """Write report.md, index.html, tables/ and plots/ (and paper_<name>.* for each name in ``paper``); return
     the folder. ``baseline`` overrides each run's speedup reference (the manifest's ``baseline``, vanilla by
     default). The statistics are computed once, however many papers are laid out."""
-    served = serving.find(results)
+    served = serving.find([p for p in results if not isinstance(p, Group)])
     research = [p for p in results if p not in served]
     runs = load_runs(research, baseline) if research or not served else []
     if compare and len(runs) < 2:
@@ -168,7 +169,7 @@ def build(results: list[Path], out: Path | None = None, paper: Sequence[str] = (
             render.write_latex(out_dir / f"paper_{name}.tex", ptables)
     sections.insert(0, Section("overview", "Runs and gaps", [
         *failures,
-        "Runs: " + ", ".join([f"{r.name} ({r.path})" for r in runs]
+        "Runs: " + ", ".join([f"{r.name} ({r.where})" for r in runs]
                              + [f"{p.name} ({p}, vLLM serving)" for p in served]) + ".",
         "Methods marked NOT LOSSLESS change the output distribution; compare their speed with care.",
         *(notes or ["No gaps: every cell listed in the manifests is complete and has a vanilla baseline."])]))

@@ -2,6 +2,8 @@
 
 A run directory is a folder holding ``manifest.json`` (harness.records); a folder given on the
 command line that is not one is searched one level down, so ``--results results`` means every run.
+``NAME=DIR,DIR`` reports several run directories as one run: one experiment whose suites or temperatures
+were run into separate folders (so a paper table gets one row of ours, and its mean, per method).
 The report never loads a model: everything it shows comes from these files. A folder that older
 runs damaged still loads: unreadable lines and duplicate rows are left out with a note, skipped
 questions (rows that say why they could not run) are counted in the notes and kept out of the frame.
@@ -27,6 +29,33 @@ class Run:
     frame: pd.DataFrame        # one row per answered question (metrics.load_frame, skipped rows left out)
     baseline: str              # the method speedups are measured against (--baseline, else the manifest's)
     notes: list[str] = field(default_factory=list)   # gaps found while loading
+    members: tuple[Path, ...] = ()                   # the run directories of a group (NAME=DIR,DIR), else none
+
+    @property
+    def where(self) -> str:
+        return ", ".join(map(str, self.members)) if self.members else str(self.path)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Run directories reported as one run named ``name``."""
+    name: str
+    paths: tuple[Path, ...]
+
+
+# A group is one experiment only if its folders ran the same model the same way, and each draft from one checkpoint.
+GROUP_AGREES_ON = ("target", "dtype", "device", "seed")
+
+
+def parse_results(value: str) -> Path | Group:
+    """``--results`` value: a folder, or NAME=DIR,DIR,... (a group)."""
+    name, sep, rest = value.partition("=")
+    if not sep:
+        return Path(value)
+    paths = tuple(Path(p) for p in rest.split(",") if p)
+    if not name or not paths:
+        raise UserError(f"--results {value!r}: a group is NAME=DIR,DIR (a name, then run directories)")
+    return Group(name, paths)
 
 
 def find_run_dirs(paths: list[Path]) -> list[Path]:
@@ -106,25 +135,83 @@ def _gaps(frame: pd.DataFrame, manifest: dict, baseline: str) -> list[str]:
     return notes
 
 
-def load_runs(paths: list[Path], baseline: str | None = None) -> list[Run]:
-    """Every run directory under paths; ``baseline`` overrides each manifest's speedup reference."""
+def load_runs(paths: list[Path | Group], baseline: str | None = None) -> list[Run]:
+    """Every run directory under paths, each group as one run; ``baseline`` overrides each manifest's speedup
+    reference."""
     runs: list[Run] = []
     taken: set[str] = set()
-    for run_dir in find_run_dirs(paths):
-        name = run_dir.name if run_dir.name not in taken else f"{run_dir.parent.name}/{run_dir.name}"
-        taken.add(name)
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        damage: list[str] = []
-        reference = baseline or baseline_of(manifest)
-        every = metrics.load_frame(iter_result_files([run_dir]), damage, reference)
-        notes = _gaps(every, manifest, reference) + damage + _row_notes(every)
-        frame = _answered(every) if not every.empty else every
-        if frame.empty:
-            notes.append("no result rows yet")
-        else:
-            frame.insert(0, "run", name)
-        runs.append(Run(name, run_dir, manifest, frame, reference, notes))
+    for item in paths:
+        if isinstance(item, Group):
+            if item.name in taken:
+                raise UserError(f"--results {item.name}=...: the name {item.name!r} is taken by another run")
+            taken.add(item.name)
+            runs.append(_merged(item, [_load(run_dir, run_dir.name, baseline) for run_dir in find_run_dirs(
+                list(item.paths))]))
+            continue
+        for run_dir in find_run_dirs([item]):
+            name = run_dir.name if run_dir.name not in taken else f"{run_dir.parent.name}/{run_dir.name}"
+            taken.add(name)
+            runs.append(_load(run_dir, name, baseline))
     return runs
+
+
+def _load(run_dir: Path, name: str, baseline: str | None) -> Run:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    damage: list[str] = []
+    reference = baseline or baseline_of(manifest)
+    every = metrics.load_frame(iter_result_files([run_dir]), damage, reference)
+    notes = _gaps(every, manifest, reference) + damage + _row_notes(every)
+    frame = _answered(every) if not every.empty else every
+    if frame.empty:
+        notes.append("no result rows yet")
+    else:
+        frame.insert(0, "run", name)
+    return Run(name, run_dir, manifest, frame, reference, notes)
+
+
+def _merged(group: Group, parts: list[Run]) -> Run:
+    """One run from a group's folders, refused where they are not one experiment: settings in
+    GROUP_AGREES_ON, a draft's checkpoint, the baseline or the estimators differ, or two hold the same cell."""
+    def refuse(why: str) -> UserError:
+        return UserError(f"--results {group.name}=...: {why}; report these folders as separate runs")
+
+    settings = [part.manifest.get("settings", {}) for part in parts]
+    for key in GROUP_AGREES_ON:
+        seen = {json.dumps(s.get(key)): part.path for s, part in zip(settings, parts)}
+        if len(seen) > 1:
+            raise refuse(f"they differ in {key} ({', '.join(f'{v} in {p}' for v, p in seen.items())})")
+    checkpoints: dict[str, tuple[str, Path]] = {}
+    for s, part in zip(settings, parts):
+        for method, path in (s.get("checkpoints") or {}).items():
+            first = checkpoints.setdefault(method, (path, part.path))
+            if first[0] != path:
+                raise refuse(f"{method} is {first[0]} in {first[1]} but {path} in {part.path}")
+    if len({part.baseline for part in parts}) > 1:
+        raise refuse("their baselines differ")
+    if len({json.dumps(part.manifest.get("estimators"), sort_keys=True) for part in parts}) > 1:
+        raise refuse("their estimators differ")
+    holder: dict[tuple, Path] = {}
+    for part in parts:
+        if part.frame.empty:
+            continue
+        for cell in part.frame[["suite", "temperature", "method"]].drop_duplicates().itertuples(index=False):
+            if holder.setdefault(tuple(cell), part.path) != part.path:
+                raise refuse(f"{part.path} and {holder[tuple(cell)]} both hold {cell.suite} {cell.method} "
+                             f"T={cell.temperature:g}")
+    merged_settings = {}
+    for key in dict.fromkeys(k for s in settings for k in s):
+        values = {json.dumps(s.get(key), sort_keys=True): s.get(key) for s in settings}
+        merged_settings[key] = next(iter(values.values())) if len(values) == 1 else "; ".join(
+            f"{s.get(key)} ({part.path.name})" for s, part in zip(settings, parts))
+    merged_settings["checkpoints"] = {m: path for m, (path, _) in checkpoints.items()}
+    manifest = {"settings": merged_settings, "estimators": parts[0].manifest.get("estimators", {}),
+                "cells": [c for p in parts for c in p.manifest.get("cells", [])],
+                "sweeps": [s for p in parts for s in p.manifest.get("sweeps", [])]}
+    frames = [part.frame.assign(run=group.name) for part in parts if not part.frame.empty]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    notes = [f"{part.path.name}: {note}" for part in parts for note in part.notes]
+    return Run(group.name, parts[0].path, manifest, frame, parts[0].baseline, notes,
+               tuple(part.path for part in parts))
 
 
 def combined(runs: list[Run]) -> pd.DataFrame:

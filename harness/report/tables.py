@@ -170,7 +170,7 @@ def environment(runs: list[Run]) -> Table:
         env = sweeps[-1].get("env", {}) if sweeps else {}
         commit = env.get("harness_commit") or "not recorded"
         values = {
-            "path": str(run.path), "device": settings.get("device"), "gpu": env.get("gpu"), "cpu": env.get("cpu"),
+            "path": run.where, "device": settings.get("device"), "gpu": env.get("gpu"), "cpu": env.get("cpu"),
             "cpu cores / torch threads": f"{env['cpu_count']} / {env.get('torch_threads')}" if env.get("cpu_count") else None,
             "python": env.get("python"), "torch": env.get("torch"), "cuda": env.get("cuda"),
             "transformers": env.get("transformers"), "platform": env.get("platform"),
@@ -186,7 +186,8 @@ def environment(runs: list[Run]) -> Table:
             rows.setdefault(field, {})[run.name] = GAP if value is None else str(value)
     shown = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=[r.name for r in runs]).fillna(GAP)
     shown = shown.rename_axis("Field").reset_index()
-    caption = "From each run's manifest.json; the environment is the one recorded by the run's last sweep."
+    caption = ("From each run's manifest.json; the environment is the one recorded by the run's last sweep (a group's: "
+               "its last folder's). A setting that differs between a group's folders lists each folder's value.")
     return Table("environment", "Environment and estimators", caption, shown)
 
 
