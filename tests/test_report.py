@@ -193,6 +193,21 @@ def test_paper_tables_put_ours_beside_published(hand_run, tmp_path):
         build([hand_run], tmp_path / "x", paper=["nosuch"])
 
 
+def test_a_paper_cell_on_part_of_a_suite_says_so(tmp_path):
+    """pld answered one of vanilla's two questions: its whole-suite cell and the mean over columns say they stand
+    on part of the suite, which the published figure beside them does not."""
+    out = build([write_run(tmp_path / "part", VANILLA + PLD[:1])], tmp_path / "report", paper=["specbench"])
+    ours = next(line for line in (out / "paper_specbench.md").read_text().splitlines() if "| pld | 0 | ours" in line)
+    cells = [c.strip() for c in ours.split("|")]
+    assert cells[4] == f"{20 / 10:.2f} / {2.5:.2f}"                      # Conv: its one question is the whole task
+    assert cells[10] == f"{20 / 10:.2f} / {2.5:.2f} (n=1/2)"            # Overall: one of the suite's two
+    suites = [dict(r, suite=suite, method=r["method"].replace("pld", "hass")) for suite in ("specbench", "gsm8k",
+              "humaneval") for r in VANILLA + PLD if (suite, r["method"], r["question_id"]) != ("humaneval", "pld", 2)]
+    out = build([write_run(tmp_path / "three", suites)], tmp_path / "hass", paper=["hass"])
+    ours = next(line for line in (out / "paper_hass.md").read_text().splitlines() if "| hass | 0 | ours" in line)
+    assert "(n=1/2) |" in ours and ours.rstrip(" |").endswith("(part) | measured")   # HumanEval, then the mean
+
+
 def test_several_papers_come_from_one_build(hand_run, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -65,12 +65,14 @@ class Measured:
             for r in (frame if frame is not None else pd.DataFrame()).itertuples(index=False):
                 key = (r.run, _norm(r.suite), _norm(r.task) if by_task else "", float(r.temperature))
                 self.pairs[(*key, r.method, r.reference)] = r
-        self.values: dict[tuple, tuple[float, float]] = {}
+        self.values: dict[tuple, tuple[float, float, int]] = {}
         self.labels: dict[str, str] = {}
+        self.most: dict[tuple[str, str], int] = {}   # the most questions any cell has on a suite (task): its size
         for frame, by_task in ((cells, False), (task_cells, True)):
             for r in frame.itertuples(index=False):
-                key = (r.run, _norm(r.suite), _norm(r.task) if by_task else "", float(r.temperature), r.method)
-                self.values[key] = (r.speedup, r.tau)
+                where = (_norm(r.suite), _norm(r.task) if by_task else "")
+                self.values[(r.run, *where, float(r.temperature), r.method)] = (r.speedup, r.tau, r.questions)
+                self.most[where] = max(self.most.get(where, 0), r.questions + r.skipped)
                 self.labels[r.method] = r.label
         self.runs = list(dict.fromkeys(cells.run)) if "run" in cells else []
 
@@ -91,12 +93,16 @@ class Measured:
                 return f"{signed(sign * found.tau_diff, low, high)} {word}"
         return None
 
-    def get(self, run: str, specs: list[str], temperature: float, method: str) -> tuple[float, float] | None:
+    def get(self, run: str, specs: list[str], temperature: float, method: str) -> tuple[float, float, str] | None:
+        """(speedup, τ, a note when the cell covers fewer questions than another cell has on that suite or task:
+        part of the suite, which the published number is not) on the first matching suite (or task)."""
         for spec in specs:
             suite, _, task = spec.partition(":")
             found = self.values.get((run, _norm(suite), _norm(task), temperature, method))
             if found:
-                return found
+                speedup, tau, questions = found
+                most = self.most[(_norm(suite), _norm(task))]
+                return speedup, tau, f" (n={questions}/{most})" if questions < most else ""
         return None
 
 
@@ -121,12 +127,14 @@ def _ours_cells(measured: Measured, run: str, columns: list[str], match: dict, t
             found = [v for v in values.values() if v is not None]
             if found and len(found) == len(values):
                 means = [sum(v[i] for v in found) / len(found) for i in (0, 1)]
-                cells.append(_cell(*(m if not math.isnan(m) else None for m in means)))
+                part = " (part)" if any(v[2] for v in found) else ""
+                cells.append(_cell(*(m if not math.isnan(m) else None for m in means)) + part)
             else:
                 cells.append(GAP)
         else:
             value = values.get(column)
-            cells.append(GAP if value is None else _cell(*(v if not math.isnan(v) else None for v in value)))
+            cells.append(GAP if value is None else
+                         _cell(*(v if not math.isnan(v) else None for v in value[:2])) + value[2])
     return cells
 
 
@@ -144,7 +152,8 @@ def paper_tables(name: str, anchors: dict, measured: Measured, runs: list) -> tu
     paper, aliases = anchors["papers"][name], anchors.get("methods", {})
     ours_note = (f"Ours: speedup = {estimator(runs, 'speedup')}; τ = {estimator(runs, 'tau')}. "
                  "Each cell: speedup (×) / τ; one value where both are the same status; — where the source or our "
-                 "results have none.")
+                 "results have none; (n=k/N): ours on k questions where another of our cells has N on that suite or "
+                 "task, so not the whole of it; (part): a mean over such cells.")
     tables = []
     for number, spec in enumerate(paper["tables"], start=1):
         columns, match = spec.get("columns", paper["columns"]), spec.get("match", paper.get("match", {}))
