@@ -51,11 +51,14 @@ demo: setup
 		--out results/demo
 	$(PY) -m harness report --results results/demo --out reports/demo
 
-# Every paper's table (published beside ours, with our paired verdicts) from the committed equal-budget results,
-# T = 0 (replay) and T = 1 (real decoding), as one run (a NAME=DIR,DIR group, docs/reports.md), in one report:
-# reports/paper-tables/paper_<name>.md (.html, .tex).
+# Every paper's table (published beside ours, with our paired verdicts) from the committed results at both equal
+# budgets, 1,471 and 2,943 steps, T = 0 (replay) and T = 1 (real decoding), each budget one run (a NAME=DIR,DIR
+# group, docs/reports.md), in one report: reports/paper-tables/paper_<name>.md (.html, .tex).
 PAPERS ?= hass coral fspad eagle2 medusa specbench
-PAPER_RESULTS ?= eq1471=results/smollm2-epoch6-eq-t0,results/smollm2-epoch6-eq-t1
+EQ1471 := results/smollm2-epoch6-eq-t0,results/smollm2-epoch6-eq-t1
+EQ2943_ := results/smollm2-eq2943
+EQ2943 := $(EQ2943_)-t0,$(EQ2943_)-humaneval-t0,$(EQ2943_)-specbench-t0,$(EQ2943_)-t1
+PAPER_RESULTS ?= eq1471=$(EQ1471) eq2943=$(EQ2943)
 paper-tables: setup
 	$(PY) -m harness report --results $(PAPER_RESULTS) --out reports/paper-tables --paper $(PAPERS)
 
