@@ -56,8 +56,8 @@ demo: setup
 # group, docs/reports.md), in one report: reports/paper-tables/paper_<name>.md (.html, .tex).
 PAPERS ?= hass coral fspad eagle2 medusa specbench
 EQ1471 := results/smollm2-epoch6-eq-t0,results/smollm2-epoch6-eq-t1
-EQ2943_ := results/smollm2-eq2943
-EQ2943 := $(EQ2943_)-t0,$(EQ2943_)-humaneval-t0,$(EQ2943_)-specbench-t0,$(EQ2943_)-t1
+EQ2943_STEM := results/smollm2-eq2943
+EQ2943 := $(EQ2943_STEM)-t0,$(EQ2943_STEM)-humaneval-t0,$(EQ2943_STEM)-specbench-t0,$(EQ2943_STEM)-t1
 PAPER_RESULTS ?= eq1471=$(EQ1471) eq2943=$(EQ2943)
 paper-tables: setup
 	$(PY) -m harness report --results $(PAPER_RESULTS) --out reports/paper-tables --paper $(PAPERS)
