@@ -16,7 +16,7 @@ from harness.records import ESTIMATORS, RowWriter, answer_file
 from harness.report import add_arguments, build, paper, run, stats, tables
 from harness.report.load import combined, load_runs
 from harness.suite import SUITES, Question, Suite
-from tests.tiny import save_tiny_target
+from tests.tiny import load_benchmark, save_tiny_target
 
 CHROMIUM = Path("/usr/bin/chromium")
 TABLES = ["summary", "paired", "claims", "speedup_by_task", "tau_by_task", "latency", "acceptance_by_depth", "quality",
@@ -485,3 +485,20 @@ def test_paper_tables_show_replayed_cells_as_tau_only_and_pair_them_with_each_ot
     assert hass.split("|")[7].strip() == f"— / {20 / 7:.2f}"     # GSM8K: no speedup, τ = 20 tokens / 7 steps
     paired = next(line for line in md.splitlines() if "| hass-replay | eagle2-replay |" in line)
     assert f"{20 / 7 - 20 / 9:+.2f}" in paired
+
+
+def test_answer_repetition_counts_windows_that_repeat_an_earlier_one(tmp_path, capsys, monkeypatch):
+    """benchmarks/answer_repetition.py, the figure behind PLD's lead on a target that loops."""
+    repetition = load_benchmark("answer_repetition")
+    assert repetition.repeated_share([1, 2, 3, 1, 2, 3], n=3) == pytest.approx(0.25)   # 4 windows, 1 repeat
+    assert repetition.repeated_share([1, 2, 3, 4], n=3) == 0.0
+    assert repetition.repeated_share([1, 2], n=3) == 0.0   # shorter than one window
+    answers = tmp_path / "vanilla-temperature-0.jsonl"
+    rows = [{"task": "qa", "skipped": "", "token_ids": [[5, 5, 5, 5]]},
+            {"task": "rag", "skipped": "", "token_ids": [[1, 2, 3, 4]]},
+            {"task": "rag", "skipped": "too long", "token_ids": []}]
+    answers.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setattr("sys.argv", ["answer_repetition.py", str(answers), "--n", "2"])
+    repetition.main()
+    table = capsys.readouterr().out
+    assert "qa" in table and "0.667" in table and "all" in table and "0.333" in table
