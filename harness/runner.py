@@ -18,6 +18,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,14 +280,17 @@ def _warm_up(plan: Plan, target: Target, decoder: TurnDecoder, text: str, stops:
 
 def _first(questions: list[Question], limit: int | None, per_task: bool) -> list[Question]:
     """The first ``limit`` questions, or the first ``limit`` of each task, in file order: a subset
-    that spans every task instead of the file's first task only."""
+    that spans every task instead of the file's first task only. A suite of one task (MT-bench) is
+    spanned by its categories instead, so its subset is not all of its first category."""
     if limit is None or not per_task:
         return questions[:limit]
-    taken: dict[str, int] = {}
+    one_task = len({q.group for q in questions}) == 1
+    taken: Counter[str] = Counter()
     kept = []
     for question in questions:
-        if taken.get(question.group, 0) < limit:
-            taken[question.group] = taken.get(question.group, 0) + 1
+        label = question.category if one_task else question.group
+        if taken[label] < limit:
+            taken[label] += 1
             kept.append(question)
     return kept
 

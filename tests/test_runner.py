@@ -157,6 +157,13 @@ def test_per_task_limits_take_the_first_questions_of_every_task(shared_data):
     assert runner._first(questions, 2, per_task=False) == questions[:2]
 
 
+def test_per_task_limits_span_mtbench_categories(shared_data):
+    """MT-bench is one task; its subset spans the eight categories instead of the first one only."""
+    questions = SUITES.get("mtbench")(data_dir=shared_data).questions()
+    kept = runner._first(questions, 1, per_task=True)
+    assert len(kept) == 8 and len({q.category for q in kept}) == 8
+
+
 def test_hf_generate_samples_at_temperature_one(tiny_dir, tmp_path):
     run_dir = runner.run(plan(tiny_dir, tmp_path / "run", methods=("hf-generate",), temperatures=(1.0,), limit=2),
                          argv=["t"])
